@@ -1,0 +1,193 @@
+"""Admin for schedules (with start/terminate actions and live engine status) and read-only runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from cleanups.control import (
+    ControlOutcome,
+    EngineUnavailable,
+    Outcome,
+    fetch_runtime_states,
+    runtime_status_label,
+)
+from cleanups.models import CleanupRun, CleanupSchedule
+
+ENGINE_UNREACHABLE = "engine unreachable"
+
+_MESSAGE_LEVELS = {
+    Outcome.STARTED: messages.SUCCESS,
+    Outcome.TERMINATED: messages.SUCCESS,
+    Outcome.ALREADY_RUNNING: messages.INFO,
+    Outcome.NOT_RUNNING: messages.INFO,
+    Outcome.ENGINE_UNREACHABLE: messages.WARNING,
+}
+
+
+def start_schedules(queryset: QuerySet[CleanupSchedule]) -> list[ControlOutcome]:
+    """Start every schedule in the queryset; what happened to each."""
+    return [schedule.start() for schedule in queryset]
+
+
+def terminate_schedules(queryset: QuerySet[CleanupSchedule]) -> list[ControlOutcome]:
+    """Terminate every schedule in the queryset; what happened to each."""
+    return [schedule.terminate() for schedule in queryset]
+
+
+class ScheduleChangeList(ChangeList):
+    """Fetches the engine's state of the page's schedules in one batched call."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        try:
+            states = fetch_runtime_states(s.instance_id for s in self.result_list)
+        except EngineUnavailable:
+            messages.warning(
+                request,
+                "The Durable Task engine is unreachable: runtime status is unknown. "
+                "Is `python manage.py runworker` running?",
+            )
+            states = None
+        for schedule in self.result_list:
+            schedule.runtime_status_label = (
+                ENGINE_UNREACHABLE
+                if states is None
+                else runtime_status_label(states.get(schedule.instance_id))
+            )
+
+
+def _status_badge(status: str, label: str) -> SafeString:
+    return SafeString(
+        render_to_string("cleanups/_status.html", {"status": status, "label": label}).strip()
+    )
+
+
+@admin.register(CleanupSchedule)
+class CleanupScheduleAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "task",
+        "interval",
+        "desired_state",
+        "runtime_status",
+        "current_iteration",
+        "last_run",
+        "next_run_at",
+        "run_history",
+    ]
+    list_filter = ["desired_state", "task"]
+    search_fields = ["name"]
+    actions = ["start_schedules", "terminate_schedules"]
+    readonly_fields = [
+        "desired_state",
+        "instance_id",
+        "current_iteration",
+        "start_iteration",
+        "next_run_at",
+        "created_at",
+        "updated_at",
+        "run_history",
+    ]
+    fieldsets = [
+        (None, {"fields": ["name", "task", "params", "interval", "max_iterations"]}),
+        (
+            "State",
+            {
+                "fields": [
+                    "desired_state",
+                    "instance_id",
+                    "current_iteration",
+                    "start_iteration",
+                    "next_run_at",
+                    "run_history",
+                    "created_at",
+                    "updated_at",
+                ]
+            },
+        ),
+    ]
+
+    class Media:
+        css = {"all": ["cleanups/cleanups.css"]}
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[CleanupSchedule]:
+        return super().get_queryset(request).with_last_run()
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return ScheduleChangeList
+
+    @admin.display(description="Runtime status")
+    def runtime_status(self, schedule: CleanupSchedule) -> str:
+        return getattr(schedule, "runtime_status_label", "")
+
+    @admin.display(description="Last run", ordering="last_run_started_at")
+    def last_run(self, schedule: CleanupSchedule) -> str:
+        status = getattr(schedule, "last_run_status", None)
+        if not status:
+            return "–"
+        started = schedule.last_run_started_at  # type: ignore[attr-defined]
+        return format_html(
+            "{} {}",
+            started.strftime("%Y-%m-%d %H:%M:%S"),
+            _status_badge(status, CleanupRun.Status(status).label),
+        )
+
+    @admin.display(description="Run history")
+    def run_history(self, schedule: CleanupSchedule) -> str:
+        if schedule.pk is None:
+            return "–"
+        return format_html('<a href="{}">Run history</a>', schedule.get_runs_url())
+
+    def _report(self, request: HttpRequest, outcomes: list[ControlOutcome]) -> None:
+        for outcome in outcomes:
+            self.message_user(request, outcome.message, level=_MESSAGE_LEVELS[outcome.outcome])
+
+    @admin.action(description="Start selected schedules", permissions=["change"])
+    def start_schedules(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
+        self._report(request, start_schedules(queryset))
+
+    @admin.action(description="Terminate selected schedules", permissions=["change"])
+    def terminate_schedules(
+        self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]
+    ) -> None:
+        self._report(request, terminate_schedules(queryset))
+
+
+@admin.register(CleanupRun)
+class CleanupRunAdmin(admin.ModelAdmin):
+    list_display = [
+        "schedule",
+        "iteration",
+        "status_badge",
+        "started_at",
+        "duration",
+        "items_deleted",
+    ]
+    list_filter = ["status", "schedule"]
+    list_select_related = ["schedule"]
+    date_hierarchy = "started_at"
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, run: CleanupRun) -> str:
+        return _status_badge(run.status, run.get_status_display())
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def view_on_site(self, run: CleanupRun) -> str:
+        return reverse("cleanups:run_detail", args=[run.pk])

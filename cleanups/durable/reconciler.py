@@ -1,0 +1,153 @@
+"""Makes the engine agree with the database: desired state "running" means a live orchestration.
+
+This is what makes the embedded engine (state in memory) safe to restart, and what heals
+instances lost or failed on the emulator or Azure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from datetime import timedelta
+
+from django.db import DatabaseError, connections
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from cleanups.control import (
+    LIVE_STATUSES,
+    EngineUnavailable,
+    fetch_runtime_states,
+    start_orchestration,
+)
+from cleanups.durable.connection import get_client
+from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
+
+logger = logging.getLogger("cleanups.reconciler")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Reconciler:
+    def __init__(self, worker: str, interval: float) -> None:
+        self.worker = worker
+        self.interval = interval
+        # A worker that has not beaten for this long is dead, wherever it ran.
+        self.stale_after = timedelta(seconds=max(30.0, interval * 6))
+        self.hostname = socket.gethostname()
+        self.started_at = timezone.now()
+        self._engine_was_down = False
+
+    def tick(self) -> None:
+        """One pass: heartbeat, dead workers' runs, then engine versus database."""
+        try:
+            self.beat()
+            self.interrupt_dead_runs()
+            self.reconcile()
+        except DatabaseError as error:
+            logger.warning("reconciler: database error, will retry: %s", error)
+        finally:
+            connections.close_all()
+
+    def beat(self) -> None:
+        now = timezone.now()
+        WorkerHeartbeat.objects.update_or_create(
+            worker=self.worker,
+            defaults={
+                "hostname": self.hostname,
+                "pid": os.getpid(),
+                "started_at": self.started_at,
+                "last_seen": now,
+            },
+        )
+
+    def _worker_is_dead(self, worker: str, heartbeats: dict[str, WorkerHeartbeat]) -> bool:
+        if worker == self.worker:
+            return False
+        beat = heartbeats.get(worker)
+        if beat is None or beat.last_seen < timezone.now() - self.stale_after:
+            return True
+        # Same machine: no need to wait for the heartbeat to go stale.
+        return beat.hostname == self.hostname and not _pid_alive(beat.pid)
+
+    def interrupt_dead_runs(self) -> int:
+        running = list(CleanupRun.objects.running().values_list("worker", flat=True).distinct())
+        if not running:
+            return 0
+        heartbeats = {b.worker: b for b in WorkerHeartbeat.objects.filter(worker__in=running)}
+        dead = [worker for worker in running if self._worker_is_dead(worker, heartbeats)]
+        if not dead:
+            return 0
+        return mark_interrupted(CleanupRun.objects.running().filter(worker__in=dead))
+
+    def reconcile(self) -> None:
+        try:
+            states = fetch_runtime_states()
+        except EngineUnavailable as error:
+            if not self._engine_was_down:
+                logger.warning("reconciler: engine unreachable (%s); will keep trying", error)
+            self._engine_was_down = True
+            return
+        if self._engine_was_down:
+            logger.info("reconciler: engine reachable again")
+        self._engine_was_down = False
+
+        for schedule in CleanupSchedule.objects.should_run():
+            state = states.get(schedule.instance_id)
+            if state is not None and state.runtime_status in LIVE_STATUSES:
+                continue
+            # Read again just before acting: an operator may have stopped it meanwhile.
+            if not CleanupSchedule.objects.should_run().filter(pk=schedule.pk).exists():
+                continue
+            why = "missing" if state is None else str(state.runtime_status).lower()
+            try:
+                outcome = start_orchestration(schedule, fresh_start=False)
+            except EngineUnavailable:
+                return
+            logger.info(
+                "reconciler: schedule %s had %s orchestration: %s", schedule, why, outcome.message
+            )
+
+        wanted_running = set(
+            CleanupSchedule.objects.should_run().values_list("instance_id", flat=True)
+        )
+        for instance_id, state in states.items():
+            if state.runtime_status in LIVE_STATUSES and instance_id not in wanted_running:
+                logger.info("reconciler: terminating %s (schedule stopped or deleted)", instance_id)
+                try:
+                    get_client().terminate_orchestration(
+                        instance_id, output="schedule stopped", recursive=False
+                    )
+                except Exception as error:  # keep reconciling the rest
+                    logger.warning("reconciler: could not terminate %s: %s", instance_id, error)
+
+    def shutdown(self) -> None:
+        """A clean stop: our unfinished runs are interrupted, our heartbeat goes away."""
+        try:
+            mark_interrupted(CleanupRun.objects.running().filter(worker=self.worker))
+            WorkerHeartbeat.objects.filter(worker=self.worker).delete()
+        except DatabaseError as error:
+            logger.warning("reconciler: could not record shutdown: %s", error)
+        finally:
+            connections.close_all()
+
+
+def mark_interrupted(runs: QuerySet[CleanupRun]) -> int:
+    now = timezone.now()
+    count = runs.update(
+        status=CleanupRun.Status.INTERRUPTED,
+        finished_at=now,
+        error="The worker running this iteration stopped before it finished.",
+    )
+    if count:
+        logger.warning("reconciler: marked %d run(s) of dead workers interrupted", count)
+    return count

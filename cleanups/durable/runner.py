@@ -1,0 +1,77 @@
+"""The worker process: embedded engine (if configured), durable worker and reconciler."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from durabletask import worker as dt_worker
+
+from cleanups.durable.activities import worker_id
+from cleanups.durable.connection import (
+    EmbeddedEngine,
+    EngineConfig,
+    EngineMode,
+    build_embedded_engine,
+    build_worker,
+)
+from cleanups.durable.reconciler import Reconciler
+from cleanups.durable.registration import ACTIVITIES, ORCHESTRATORS, register
+
+logger = logging.getLogger("cleanups.worker")
+
+
+class WorkerHost:
+    """Owns the loop and the signal handling; the management command is a thin shell around it."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        concurrency: dt_worker.ConcurrencyOptions,
+        reconcile_interval: float,
+        write: Callable[[str], None],
+    ) -> None:
+        self.config = config
+        self.concurrency = concurrency
+        self.write = write
+        self.stopping = threading.Event()
+        self.reconciler = Reconciler(worker_id(), reconcile_interval)
+        self.engine: EmbeddedEngine | None = None
+        self.worker: dt_worker.TaskHubGrpcWorker | None = None
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.write(f"Received {signal.Signals(signum).name}, stopping...")
+        self.stopping.set()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+        self.write("Starting cleanups worker...")
+        self.write(f"Mode: {self.config.mode}")
+        self.write(f"Using taskhub: {self.config.taskhub}")
+        self.write(f"Using endpoint: {self.config.display_endpoint}")
+        try:
+            if self.config.mode is EngineMode.EMBEDDED:
+                self.engine = build_embedded_engine(self.config)
+                self.write(f"Embedded engine listening on {self.engine.start()}")
+            self.worker = register(build_worker(self.config, self.concurrency))
+            self.write("Registered orchestrators: " + ", ".join(f.__name__ for f in ORCHESTRATORS))
+            self.write("Registered activities: " + ", ".join(f.__name__ for f in ACTIVITIES))
+            self.worker.start()
+            self.write(f"Worker {self.reconciler.worker} started. Press Ctrl+C to stop.")
+            while not self.stopping.is_set():
+                self.reconciler.tick()
+                self.stopping.wait(self.reconciler.interval)
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        self.reconciler.shutdown()
+        if self.engine is not None:
+            self.engine.stop(grace=1)
+        self.write("Worker stopped.")

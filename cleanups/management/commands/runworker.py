@@ -1,0 +1,104 @@
+"""`python manage.py runworker`: run the durable worker until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, connection
+from durabletask.worker import ConcurrencyOptions
+
+from cleanups.durable.connection import EngineConfigError, EngineStartError, engine_config
+from cleanups.durable.runner import WorkerHost
+from cleanups.models import CleanupSchedule
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
+    return number
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the durable worker: executes periodic_cleanup orchestrations and cleanup activities, "
+        "and reconciles schedules with the engine. With ENDPOINT unset it also hosts the "
+        "embedded engine. Stops cleanly on Ctrl+C or SIGTERM."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--max-activities",
+            type=positive_int,
+            default=None,
+            help="Most cleanup activities this worker runs at once (the SDK's "
+            "maximum_concurrent_activity_work_items; default 100 per CPU).",
+        )
+        parser.add_argument(
+            "--max-orchestrations",
+            type=positive_int,
+            default=None,
+            help="Most orchestration work items processed at once (the SDK's "
+            "maximum_concurrent_orchestration_work_items; default 100 per CPU).",
+        )
+        parser.add_argument(
+            "--threads",
+            type=positive_int,
+            default=None,
+            help="Size of the thread pool activities run on (the SDK's "
+            "maximum_thread_pool_workers; default CPUs + 4). A cleanup holds a thread "
+            "while it runs.",
+        )
+        parser.add_argument(
+            "--reconcile-interval",
+            type=positive_float,
+            default=None,
+            help="Seconds between reconciler passes (default RECONCILE_INTERVAL, 5).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from django.conf import settings
+
+        try:
+            config = engine_config()
+        except EngineConfigError as error:
+            raise CommandError(str(error)) from None
+        try:
+            tables = connection.introspection.table_names()
+        except DatabaseError as error:
+            raise CommandError(f"cannot open the database: {error}") from None
+        if CleanupSchedule._meta.db_table not in tables:
+            raise CommandError(
+                "the database is not migrated: run `python manage.py migrate` first."
+            )
+        connection.close()
+
+        host = WorkerHost(
+            config,
+            ConcurrencyOptions(
+                maximum_concurrent_activity_work_items=options["max_activities"],
+                maximum_concurrent_orchestration_work_items=options["max_orchestrations"],
+                maximum_thread_pool_workers=options["threads"],
+            ),
+            options["reconcile_interval"] or settings.RECONCILE_INTERVAL,
+            write=lambda line: (self.stdout.write(line), self.stdout.flush()),
+        )
+        try:
+            host.run()
+        except EngineStartError as error:
+            raise CommandError(str(error)) from None

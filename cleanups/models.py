@@ -1,0 +1,226 @@
+"""Schedules operators manage, and the run records activities write."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import OuterRef, Subquery
+from django.urls import reverse
+
+from cleanups.tasks import get_task, task_choices
+
+if TYPE_CHECKING:
+    from cleanups.control import ControlOutcome
+
+INSTANCE_ID_PREFIX = "cleanup-schedule-"
+MIN_INTERVAL = timedelta(seconds=1)
+
+
+class ScheduleQuerySet(models.QuerySet["CleanupSchedule"]):
+    def should_run(self) -> ScheduleQuerySet:
+        return self.filter(desired_state=CleanupSchedule.DesiredState.RUNNING)
+
+    def with_last_run(self) -> ScheduleQuerySet:
+        """Annotate the newest run's status and start time (two subqueries, not a query per row)."""
+        newest = CleanupRun.objects.filter(schedule=OuterRef("pk")).order_by("-iteration")
+        return self.annotate(
+            last_run_status=Subquery(newest.values("status")[:1]),
+            last_run_started_at=Subquery(newest.values("started_at")[:1]),
+        )
+
+
+class CleanupSchedule(models.Model):
+    """One recurring cleanup; while running it is one eternal `periodic_cleanup` orchestration."""
+
+    class DesiredState(models.TextChoices):
+        RUNNING = "running", "Running"
+        STOPPED = "stopped", "Stopped"
+
+    name = models.CharField(max_length=100, unique=True)
+    task = models.CharField(
+        max_length=100,
+        choices=task_choices,
+        default="expired_sessions",
+        help_text="Which cleanup to run.",
+    )
+    params = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Parameters for the task as a JSON object, e.g. {"seconds": 5} for sample.',
+    )
+    interval = models.DurationField(
+        validators=[MinValueValidator(MIN_INTERVAL)],
+        help_text="Time between the end of one run and the start of the next (at least 1 second), "
+        "e.g. 00:05:00 for five minutes.",
+    )
+    max_iterations = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Stop after this many runs of one start. Blank runs forever.",
+    )
+    desired_state = models.CharField(
+        max_length=10,
+        choices=DesiredState.choices,
+        default=DesiredState.STOPPED,
+        editable=False,
+        help_text="What the operator asked for; the worker's reconciler makes the engine agree.",
+    )
+    instance_id = models.CharField(  # noqa: DJ001 (NULL until the first save knows the pk)
+        max_length=100,
+        unique=True,
+        null=True,
+        editable=False,
+        help_text="The orchestration instance id, derived from the schedule's primary key.",
+    )
+    current_iteration = models.PositiveIntegerField(
+        default=0, editable=False, help_text="The newest iteration that ran (0: none yet)."
+    )
+    start_iteration = models.PositiveIntegerField(
+        default=1, editable=False, help_text="The first iteration of the current start."
+    )
+    next_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ScheduleQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+        if self.instance_id is None:
+            # Derived from the primary key, which never repeats, so one schedule has one
+            # instance id for life and the engine refuses a second live orchestration.
+            self.instance_id = f"{INSTANCE_ID_PREFIX}{self.pk}"
+            CleanupSchedule.objects.filter(pk=self.pk).update(instance_id=self.instance_id)
+
+    def clean(self) -> None:
+        errors: dict[str, list[str]] = {}
+        task = get_task(self.task)
+        if task is None:
+            errors.setdefault("task", []).append(
+                f"No cleanup task named {self.task!r} is registered."
+            )
+        else:
+            try:
+                self.params = task.clean_params(self.params)
+            except ValidationError as error:
+                errors.setdefault("params", []).extend(error.messages)
+        if self.interval is not None and self.interval < MIN_INTERVAL:
+            errors.setdefault("interval", []).append("The interval must be at least 1 second.")
+        if self.max_iterations is not None and self.max_iterations < 1:
+            errors.setdefault("max_iterations", []).append(
+                "Leave blank to run forever, or give at least 1."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    def get_runs_url(self) -> str:
+        return reverse("cleanups:schedule_runs", args=[self.pk])
+
+    @property
+    def is_running(self) -> bool:
+        return self.desired_state == self.DesiredState.RUNNING
+
+    def next_iteration(self) -> int:
+        """The iteration after the newest one recorded, so numbering goes on across starts."""
+        newest = self.runs.aggregate(newest=models.Max("iteration"))["newest"] or 0
+        return max(newest, self.current_iteration) + 1
+
+    def iterations_left(self, iteration: int) -> bool:
+        """Whether the current start may run another iteration after ``iteration``."""
+        if self.max_iterations is None:
+            return True
+        return iteration - self.start_iteration + 1 < self.max_iterations
+
+    def start(self) -> ControlOutcome:
+        from cleanups.control import start_schedule
+
+        return start_schedule(self)
+
+    def terminate(self) -> ControlOutcome:
+        from cleanups.control import terminate_schedule
+
+        return terminate_schedule(self)
+
+
+class RunQuerySet(models.QuerySet["CleanupRun"]):
+    def newest_first(self) -> RunQuerySet:
+        return self.order_by("-started_at", "-pk")
+
+    def running(self) -> RunQuerySet:
+        return self.filter(status=CleanupRun.Status.RUNNING)
+
+
+class CleanupRun(models.Model):
+    """One iteration of a schedule: written by the cleanup activity, read by people."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        INTERRUPTED = "interrupted", "Interrupted"
+
+    schedule = models.ForeignKey(CleanupSchedule, on_delete=models.CASCADE, related_name="runs")
+    iteration = models.PositiveIntegerField()
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING)
+    task = models.CharField(max_length=100, help_text="The task this run executed.")
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration = models.DurationField(null=True, blank=True)
+    items_deleted = models.PositiveBigIntegerField(default=0)
+    message = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True, help_text="The worker that ran it.")
+    attempts = models.PositiveIntegerField(
+        default=1, help_text="Deliveries of this iteration (the engine delivers at least once)."
+    )
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+        constraints = [
+            # At-least-once delivery: a redelivered iteration must find and update its record.
+            models.UniqueConstraint(
+                fields=["schedule", "iteration"], name="unique_run_per_iteration"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["schedule", "-started_at"], name="run_schedule_newest"),
+            models.Index(fields=["-started_at"], name="run_newest"),
+            models.Index(
+                fields=["worker"],
+                condition=models.Q(status="running"),
+                name="run_running_by_worker",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.schedule} #{self.iteration} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("cleanups:run_detail", args=[self.pk])
+
+
+class WorkerHeartbeat(models.Model):
+    """A runworker process that is (or was) alive: lets others tell a dead worker's runs."""
+
+    worker = models.CharField(max_length=200, unique=True)
+    hostname = models.CharField(max_length=200)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    last_seen = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.worker

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from cleanups import views
+
+app_name = "cleanups"
+
+urlpatterns = [
+    path("schedules/<int:pk>/runs/", views.schedule_runs, name="schedule_runs"),
+    path("runs/<int:pk>/", views.run_detail, name="run_detail"),
+]

@@ -1,0 +1,137 @@
+"""Settings for the cleanups project: every knob comes from the environment (or an optional .env)."""
+
+import sys
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+env_file = env.path("ENV_FILE", default=str(BASE_DIR / ".env"))
+if Path(env_file).is_file():
+    env.read_env(str(env_file))
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        # One readable line instead of a traceback: nothing can run safely without a key.
+        sys.exit(
+            "cleanups: SECRET_KEY is not set. Set it in the environment or .env "
+            "(or set DEBUG=true for local development)."
+        )
+    SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "cleanups",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "cleanupsite.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "cleanupsite.wsgi.application"
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The worker and the web process write at the same time: WAL lets readers and one
+    # writer proceed together, IMMEDIATE takes the write lock up front (so a transaction
+    # never fails half-way on lock upgrade) and the timeout makes writers queue, not fail.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": env.int("SQLITE_TIMEOUT", default=30),
+        }
+    )
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / ".local" / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGIN_URL = "admin:login"
+
+# Durable Task engine. Names and meaning as in the eternal-orchestrations sample:
+# ENDPOINT unset or empty runs the embedded engine inside `runworker`.
+ENDPOINT = env.str("ENDPOINT", default="")
+TASKHUB = env.str("TASKHUB", default="default")
+EMBEDDED_ENGINE_PORT = env.str("EMBEDDED_ENGINE_PORT", default="4001")
+AZURE_CLIENT_ID = env.str("AZURE_CLIENT_ID", default="")
+# Every client call to the engine gives up after this long, so an unreachable engine is a
+# message in the admin, not a hung request.
+ENGINE_CALL_TIMEOUT = env.float("ENGINE_CALL_TIMEOUT", default=5.0)
+# How often runworker compares desired state with the engine.
+RECONCILE_INTERVAL = env.float("RECONCILE_INTERVAL", default=5.0)
+# The timer of the sample's bare-integer loop (15 s in the sample).
+SAMPLE_TIMER_SECONDS = env.float("SAMPLE_TIMER_SECONDS", default=15.0)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "filters": {
+        "drop_cancelled_stream": {"()": "cleanups.log.DropCancelledStream"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain",
+            "filters": ["drop_cancelled_stream"],
+        },
+    },
+    "loggers": {
+        "cleanups": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+        "durabletask": {
+            "handlers": ["console"],
+            "level": env.str("DURABLETASK_LOG_LEVEL", default="WARNING"),
+        },
+    },
+}

@@ -1,0 +1,180 @@
+"""Fixtures: the SDK's real gRPC backend on a free port, a real worker, runworker subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from cleanups.durable.connection import EmbeddedEngine, build_worker, engine_config
+from cleanups.durable.registration import register
+from cleanups.models import CleanupRun, CleanupSchedule
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy; fail with a clear message on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+
+
+class CountingEngine(EmbeddedEngine):
+    """The embedded engine (the SDK's InMemoryOrchestrationBackend), counting gRPC calls."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.calls: Counter[str] = Counter()
+        self._calls_lock = threading.Lock()
+
+    def _count(self, name: str) -> None:
+        with self._calls_lock:
+            self.calls[name] += 1
+
+    def GetInstance(self, request: Any, context: Any) -> Any:
+        self._count("GetInstance")
+        return super().GetInstance(request, context)
+
+    def QueryInstances(self, request: Any, context: Any) -> Any:
+        self._count("QueryInstances")
+        return super().QueryInstances(request, context)
+
+
+@pytest.fixture
+def engine_port(settings: Any) -> int:
+    """Point the settings at the embedded engine on a port of this test's own."""
+    port = free_port()
+    settings.ENDPOINT = ""
+    settings.EMBEDDED_ENGINE_PORT = str(port)
+    settings.ENGINE_CALL_TIMEOUT = 3.0
+    return port
+
+
+@pytest.fixture
+def engine(engine_port: int) -> Iterator[CountingEngine]:
+    backend = CountingEngine(engine_port)
+    backend.start()
+    yield backend
+    backend.stop(grace=0.5)
+
+
+@pytest.fixture
+def worker(engine: CountingEngine) -> Iterator[Any]:
+    """A real worker with every orchestrator and activity, connected to the engine."""
+    dt_worker = register(build_worker(engine_config()))
+    dt_worker.start()
+    yield dt_worker
+    dt_worker.stop()
+
+
+@pytest.fixture
+def client(engine: CountingEngine) -> Any:
+    from cleanups.durable.connection import get_client
+
+    return get_client()
+
+
+@pytest.fixture
+def make_schedule(db: None) -> Callable[..., CleanupSchedule]:
+    def make(**fields: Any) -> CleanupSchedule:
+        fields.setdefault("name", f"schedule-{CleanupSchedule.objects.count() + 1}")
+        fields.setdefault("interval", timedelta(seconds=1))
+        fields.setdefault("task", "sample")
+        fields.setdefault("params", {"seconds": 0})
+        return CleanupSchedule.objects.create(**fields)
+
+    return make
+
+
+def runs_of(schedule: CleanupSchedule) -> list[CleanupRun]:
+    return list(CleanupRun.objects.filter(schedule=schedule).order_by("iteration"))
+
+
+class WorkerProcess:
+    """`manage.py runworker` as a real child process, its output collected on a thread."""
+
+    def __init__(self, port: int, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.lines: list[str] = []
+        process_env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "cleanupsite.settings_test",
+            "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+            "ENDPOINT": "",
+            "EMBEDDED_ENGINE_PORT": str(port),
+            "RECONCILE_INTERVAL": "0.5",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "runworker", *args],
+            cwd=ROOT,
+            env=process_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_output(self, text: str, timeout: float = 20.0) -> None:
+        try:
+            wait_until(lambda: text in self.output, timeout=timeout)
+        except AssertionError:
+            raise AssertionError(f"{text!r} not in runworker output:\n{self.output}") from None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+
+@pytest.fixture
+def start_worker_process(engine_port: int) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        process = WorkerProcess(engine_port, *args, env=env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.process.kill()
+            process.process.wait()
