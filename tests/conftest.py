@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.db import connection
 
 from cleanups.durable.connection import EmbeddedEngine, build_worker, engine_config

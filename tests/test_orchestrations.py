@@ -103,10 +103,10 @@ def test_bare_integer_start_runs_the_sample_loop(worker, client, settings, caplo
     state = client.wait_for_orchestration_completion(instance_id, timeout=20)
     assert state.runtime_status == COMPLETED
     assert state.get_output() == "Completed 5 iterations"
-    iterations = [
-        r.getMessage() for r in caplog.records if "sample iteration" in r.getMessage()
+    iterations = [r.getMessage() for r in caplog.records if "sample iteration" in r.getMessage()]
+    assert iterations == [
+        f"Performing periodic cleanup (sample iteration {n})" for n in range(1, 6)
     ]
-    assert iterations == [f"Performing periodic cleanup (sample iteration {n})" for n in range(1, 6)]
     assert CleanupRun.objects.count() == 0
 
 
