@@ -14,6 +14,9 @@ from cleanupsite.settings import BASE_DIR, DATABASES
 # is a real file, never SQLite's shared in-memory database.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     (BASE_DIR / ".local").mkdir(exist_ok=True)
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".local" / "test-db.sqlite3")}
+    # One file per test run, so two runs side by side never share (or delete) a database.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(BASE_DIR / ".local" / f"test-db-{os.getpid()}.sqlite3")
+    }
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

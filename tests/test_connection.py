@@ -1,0 +1,158 @@
+"""Engine settings, the clients and workers built from them, and the embedded engine."""
+
+from __future__ import annotations
+
+import socket
+import time
+from unittest import mock
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from durabletask.azuremanaged.client import DurableTaskSchedulerClient
+
+from cleanups.checks import check_engine_settings
+from cleanups.control import EngineUnavailable, fetch_runtime_states
+from cleanups.durable import connection
+from cleanups.durable.connection import (
+    EmbeddedEngine,
+    EngineConfigError,
+    EngineMode,
+    EngineStartError,
+    build_client,
+    engine_config,
+)
+from tests.conftest import CountingEngine, free_port
+
+
+def test_no_endpoint_means_the_embedded_engine(settings):
+    settings.ENDPOINT = ""
+    settings.EMBEDDED_ENGINE_PORT = "4123"
+    config = engine_config()
+    assert config.mode is EngineMode.EMBEDDED
+    assert config.address == "127.0.0.1:4123"
+    assert config.display_endpoint == "http://127.0.0.1:4123"
+    assert config.taskhub == "default"
+
+
+def test_emulator_endpoint_is_plaintext_without_credential(settings):
+    settings.ENDPOINT = "http://localhost:8080"
+    config = engine_config()
+    assert (config.mode, config.secure, config.address) == (
+        EngineMode.EMULATOR,
+        False,
+        "http://localhost:8080",
+    )
+    assert connection._credential(config) is None
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "port", "taskhub", "message"),
+    [
+        ("localhost:8080", "4001", "default", "not an http:// or https:// URL"),
+        ("ftp://example.com", "4001", "default", "not an http:// or https:// URL"),
+        ("http://localhost:99999", "4001", "default", "invalid port"),
+        ("http://localhost:8080/api", "4001", "default", "must not have a path"),
+        ("", "abc", "default", "EMBEDDED_ENGINE_PORT must be a port number"),
+        ("", "0", "default", "between 1 and 65535"),
+        ("", "4001", "", "TASKHUB must not be empty"),
+    ],
+)
+def test_malformed_engine_settings_are_reported_by_a_system_check(
+    settings, endpoint, port, taskhub, message
+):
+    settings.ENDPOINT = endpoint
+    settings.EMBEDDED_ENGINE_PORT = port
+    settings.TASKHUB = taskhub
+    with pytest.raises(EngineConfigError, match=message):
+        engine_config()
+    (error,) = check_engine_settings()
+    assert error.id == "cleanups.E001"
+    assert message in error.msg
+    with pytest.raises(SystemCheckError, match="cleanups.E001"):
+        call_command("check")
+
+
+class MetadataRecordingEngine(CountingEngine):
+    """A real gRPC engine that also records the metadata each call arrived with."""
+
+    metadata: list[dict[str, str]]
+
+    def GetInstance(self, request, context):
+        self.metadata = getattr(self, "metadata", [])
+        self.metadata.append(dict(context.invocation_metadata()))
+        return super().GetInstance(request, context)
+
+
+def test_emulator_client_sends_the_task_hub_as_the_sdk_does(settings):
+    port = free_port()
+    engine = MetadataRecordingEngine(port)
+    engine.start()
+    try:
+        settings.ENDPOINT = f"http://127.0.0.1:{port}"
+        settings.TASKHUB = "my-hub"
+        client = build_client()
+        assert isinstance(client, DurableTaskSchedulerClient)
+        assert client.get_orchestration_state("nothing-here") is None
+        assert engine.metadata[-1]["taskhub"] == "my-hub"
+        assert "authorization" not in engine.metadata[-1]
+    finally:
+        engine.stop(grace=0)
+
+
+def test_azure_endpoint_uses_default_azure_credential(settings):
+    # Azure AD cannot be reached from here, so the credential class is mocked; we check
+    # only that the client is built with TLS and the credential the settings ask for.
+    settings.ENDPOINT = "https://my-scheduler.westus2.durabletask.io"
+    settings.AZURE_CLIENT_ID = "00000000-0000-0000-0000-000000000001"
+    with mock.patch("azure.identity.DefaultAzureCredential") as credential:
+        config = engine_config()
+        client = build_client(config)
+    assert config.mode is EngineMode.AZURE and config.secure
+    credential.assert_called_once_with(
+        managed_identity_client_id="00000000-0000-0000-0000-000000000001"
+    )
+    assert isinstance(client, DurableTaskSchedulerClient)
+    settings.AZURE_CLIENT_ID = ""
+    with mock.patch("azure.identity.DefaultAzureCredential") as credential:
+        build_client(engine_config())
+    credential.assert_called_once_with()
+
+
+def test_embedded_engine_refuses_a_port_in_use():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(EngineStartError, match=f"127.0.0.1:{port}: the port is in use"):
+            EmbeddedEngine(port).start()
+
+
+def test_embedded_engine_listens_on_loopback_only():
+    port = free_port()
+    engine = EmbeddedEngine(port)
+    assert engine.start() == f"127.0.0.1:{port}"
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+    finally:
+        engine.stop(grace=0)
+
+
+def test_an_engine_that_is_not_there_is_engine_unavailable_fast(engine_port):
+    started = time.monotonic()
+    with pytest.raises(EngineUnavailable):
+        fetch_runtime_states()
+    assert time.monotonic() - started < 3
+
+
+def test_an_engine_that_never_answers_times_out(settings, engine_port):
+    # A socket that accepts connections but never speaks gRPC: only the deadline saves us.
+    settings.ENGINE_CALL_TIMEOUT = 1.0
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", engine_port))
+        silent.listen()
+        started = time.monotonic()
+        with pytest.raises(EngineUnavailable):
+            fetch_runtime_states()
+        assert time.monotonic() - started < 4

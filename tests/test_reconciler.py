@@ -1,0 +1,149 @@
+"""The reconciler: the database's desired state wins, dead workers' runs are interrupted."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from durabletask import client as dt_client
+
+from cleanups.control import ORCHESTRATION_NAME
+from cleanups.durable.reconciler import Reconciler
+from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
+from tests.conftest import runs_of, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+Status = dt_client.OrchestrationStatus
+
+
+@pytest.fixture
+def reconciler():
+    return Reconciler(worker="test-host:1:me", interval=0.5)
+
+
+def _want_running(schedule, **fields):
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="running", **fields)
+    schedule.refresh_from_db()
+
+
+def test_a_running_schedule_without_an_orchestration_is_started(worker, client, make_schedule, reconciler):
+    schedule = make_schedule()
+    _want_running(schedule)
+
+    reconciler.tick()
+
+    wait_until(lambda: len(runs_of(schedule)) >= 2)
+    assert client.get_orchestration_state(schedule.instance_id).runtime_status == Status.RUNNING
+
+
+def test_a_restart_waits_only_the_time_left_and_continues_the_count(
+    worker, client, make_schedule, reconciler
+):
+    schedule = make_schedule(interval=timedelta(seconds=30))
+    now = timezone.now()
+    CleanupRun.objects.create(
+        schedule=schedule, iteration=6, task="sample", status="succeeded", started_at=now
+    )
+    _want_running(schedule, current_iteration=6, next_run_at=now + timedelta(seconds=2))
+
+    reconciler.tick()
+
+    time.sleep(1)
+    assert len(runs_of(schedule)) == 1  # not yet: the next run is due in 2 s, not now
+    wait_until(lambda: len(runs_of(schedule)) == 2, timeout=10)
+    new_run = runs_of(schedule)[-1]
+    assert new_run.iteration == 7
+    assert new_run.started_at >= now + timedelta(seconds=2)
+
+
+def test_a_failed_orchestration_is_started_again(worker, client, make_schedule, reconciler):
+    schedule = make_schedule()
+    _want_running(schedule)
+    # An input the orchestrator cannot handle makes the orchestration itself fail.
+    client.schedule_new_orchestration(
+        ORCHESTRATION_NAME, input={"schedule_id": schedule.pk}, instance_id=schedule.instance_id
+    )
+    failed = client.wait_for_orchestration_completion(schedule.instance_id, timeout=10)
+    assert failed.runtime_status == Status.FAILED
+
+    reconciler.tick()
+
+    wait_until(lambda: len(runs_of(schedule)) >= 1)
+    assert client.get_orchestration_state(schedule.instance_id).runtime_status == Status.RUNNING
+
+
+def test_a_stopped_schedule_with_a_live_orchestration_is_terminated(
+    worker, client, make_schedule, reconciler
+):
+    schedule = make_schedule(interval=timedelta(seconds=30))
+    schedule.start()
+    wait_until(lambda: runs_of(schedule))
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="stopped")
+
+    reconciler.tick()
+
+    wait_until(
+        lambda: client.get_orchestration_state(schedule.instance_id).runtime_status
+        == Status.TERMINATED
+    )
+
+
+def test_runs_of_dead_workers_are_interrupted_and_live_ones_are_left(make_schedule, reconciler):
+    schedule = make_schedule()
+    now = timezone.now()
+    WorkerHeartbeat.objects.create(
+        worker="other-host:5:alive", hostname="other-host", pid=5, started_at=now, last_seen=now
+    )
+    WorkerHeartbeat.objects.create(
+        worker="other-host:6:stale",
+        hostname="other-host",
+        pid=6,
+        started_at=now,
+        last_seen=now - timedelta(minutes=5),
+    )
+    WorkerHeartbeat.objects.create(
+        worker=f"{reconciler.hostname}:999999:gone",
+        hostname=reconciler.hostname,
+        pid=999_999,  # no such process on this machine
+        started_at=now,
+        last_seen=now,
+    )
+    workers = [
+        "test-host:1:me",
+        "other-host:5:alive",
+        "other-host:6:stale",
+        f"{reconciler.hostname}:999999:gone",
+        "never-beat:7:x",
+    ]
+    for iteration, worker_name in enumerate(workers, start=1):
+        CleanupRun.objects.create(
+            schedule=schedule, iteration=iteration, task="sample", started_at=now, worker=worker_name
+        )
+
+    assert reconciler.interrupt_dead_runs() == 3
+
+    statuses = {run.worker: run.status for run in runs_of(schedule)}
+    assert statuses == {
+        "test-host:1:me": "running",
+        "other-host:5:alive": "running",
+        "other-host:6:stale": "interrupted",
+        f"{reconciler.hostname}:999999:gone": "interrupted",
+        "never-beat:7:x": "interrupted",
+    }
+    interrupted = CleanupRun.objects.filter(status="interrupted").first()
+    assert interrupted.finished_at is not None
+    assert "stopped before it finished" in interrupted.error
+
+
+def test_an_unreachable_engine_is_survived(engine_port, make_schedule, reconciler, caplog):
+    schedule = make_schedule()
+    _want_running(schedule)
+
+    reconciler.tick()
+    reconciler.tick()
+
+    # Said once, not on every pass.
+    assert sum("engine unreachable" in r.getMessage() for r in caplog.records) == 1
+    assert WorkerHeartbeat.objects.filter(worker="test-host:1:me").exists()

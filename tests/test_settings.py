@@ -1,0 +1,55 @@
+"""Start-up configuration: a missing key stops with one line; SQLite is set up for two writers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.db import connection
+
+from tests.conftest import ROOT
+
+
+def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "cleanupsite.settings", "ENV_FILE": os.devnull, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_missing_secret_key_with_debug_off_stops_with_one_clear_line():
+    result = _manage("check")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "cleanups: SECRET_KEY is not set. Set it in the environment or .env "
+        "(or set DEBUG=true for local development)."
+    ]
+
+
+def test_debug_runs_without_a_secret_key():
+    result = _manage("check", DEBUG="true")
+    assert result.returncode == 0, result.stderr
+
+
+def test_malformed_endpoint_fails_manage_check(tmp_path):
+    result = _manage("check", SECRET_KEY="x", ENDPOINT="localhost:8080")
+    assert result.returncode != 0
+    assert "cleanups.E001" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.django_db
+def test_sqlite_runs_in_wal_mode_with_immediate_transactions():
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode")
+        assert cursor.fetchone()[0] == "wal"
+        cursor.execute("PRAGMA busy_timeout")
+        assert cursor.fetchone()[0] >= 20_000
+    assert connection.settings_dict["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
