@@ -69,7 +69,7 @@ def test_malformed_engine_settings_are_reported_by_a_system_check(
     (error,) = check_engine_settings()
     assert error.id == "cleanups.E001"
     assert message in error.msg
-    with pytest.raises(SystemCheckError, match="cleanups.E001"):
+    with pytest.raises(SystemCheckError, match=r"cleanups\.E001"):
         call_command("check")
 
 
