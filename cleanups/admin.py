@@ -10,7 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from cleanups.control import (
@@ -21,6 +21,7 @@ from cleanups.control import (
     runtime_status_label,
 )
 from cleanups.models import CleanupRun, CleanupSchedule
+from cleanups.tasks import all_tasks
 
 ENGINE_UNREACHABLE = "engine unreachable"
 
@@ -118,6 +119,17 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ["cleanups/cleanups.css"]}
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if "task" in form.base_fields:
+            form.base_fields["task"].help_text = format_html(
+                "Which cleanup to run.{}",
+                format_html_join(
+                    "", "<br><code>{}</code>: {}", ((t.name, t.description) for t in all_tasks())
+                ),
+            )
+        return form
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[CleanupSchedule]:
         return super().get_queryset(request).with_last_run()

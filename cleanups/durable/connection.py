@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
+import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -195,18 +196,29 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
         )
         stubs.add_TaskHubSidecarServiceServicer_to_server(self, server)
         address = f"{EMBEDDED_HOST}:{self._port}"
+        # Try the port ourselves first: gRPC reports a busy port with a raw C-level log line.
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((EMBEDDED_HOST, self._port))
+            except OSError:
+                raise EngineStartError(_port_in_use(address)) from None
         try:
             bound = server.add_insecure_port(address)
         except RuntimeError:
             bound = 0
         if not bound:
-            raise EngineStartError(
-                f"cannot listen on {address}: the port is in use (is another runworker running?). "
-                "Set EMBEDDED_ENGINE_PORT to use another port."
-            )
+            raise EngineStartError(_port_in_use(address))
         self._server = server
         server.start()
         return address
+
+
+def _port_in_use(address: str) -> str:
+    return (
+        f"cannot listen on {address}: the port is in use (is another runworker running?). "
+        "Set EMBEDDED_ENGINE_PORT to use another port."
+    )
 
 
 def build_embedded_engine(config: EngineConfig) -> EmbeddedEngine:

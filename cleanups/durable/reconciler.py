@@ -25,6 +25,8 @@ from cleanups.durable.connection import get_client
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
 
 logger = logging.getLogger("cleanups.reconciler")
+# Heartbeats of workers gone this long are forgotten (their runs count as dead either way).
+HEARTBEAT_KEPT = timedelta(days=1)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -60,6 +62,7 @@ class Reconciler:
 
     def beat(self) -> None:
         now = timezone.now()
+        WorkerHeartbeat.objects.filter(last_seen__lt=now - HEARTBEAT_KEPT).delete()
         WorkerHeartbeat.objects.update_or_create(
             worker=self.worker,
             defaults={

@@ -35,6 +35,8 @@ def positive_float(value: str) -> float:
 
 
 class Command(BaseCommand):
+    # A bad engine setting should be one readable line, so handle() checks it before the rest.
+    requires_system_checks: list[str] = []
     help = (
         "Run the durable worker: executes periodic_cleanup orchestrations and cleanup activities, "
         "and reconciles schedules with the engine. With ENDPOINT unset it also hosts the "
@@ -78,6 +80,7 @@ class Command(BaseCommand):
             config = engine_config()
         except EngineConfigError as error:
             raise CommandError(str(error)) from None
+        self.check()
         try:
             tables = connection.introspection.table_names()
         except DatabaseError as error:
