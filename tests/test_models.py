@@ -61,7 +61,9 @@ def test_a_new_start_continues_after_the_last_recorded_iteration():
 
 def test_one_record_per_iteration_is_enforced_by_the_database():
     schedule = CleanupSchedule.objects.create(name="x", interval=timedelta(seconds=2))
-    CleanupRun.objects.create(schedule=schedule, iteration=1, task="sample", started_at=timezone.now())
+    CleanupRun.objects.create(
+        schedule=schedule, iteration=1, task="sample", started_at=timezone.now()
+    )
 
     with pytest.raises(IntegrityError):
         CleanupRun.objects.create(

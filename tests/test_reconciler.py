@@ -28,7 +28,9 @@ def _want_running(schedule, **fields):
     schedule.refresh_from_db()
 
 
-def test_a_running_schedule_without_an_orchestration_is_started(worker, client, make_schedule, reconciler):
+def test_a_running_schedule_without_an_orchestration_is_started(
+    worker, client, make_schedule, reconciler
+):
     schedule = make_schedule()
     _want_running(schedule)
 
@@ -85,8 +87,9 @@ def test_a_stopped_schedule_with_a_live_orchestration_is_terminated(
     reconciler.tick()
 
     wait_until(
-        lambda: client.get_orchestration_state(schedule.instance_id).runtime_status
-        == Status.TERMINATED
+        lambda: (
+            client.get_orchestration_state(schedule.instance_id).runtime_status == Status.TERMINATED
+        )
     )
 
 
@@ -119,7 +122,11 @@ def test_runs_of_dead_workers_are_interrupted_and_live_ones_are_left(make_schedu
     ]
     for iteration, worker_name in enumerate(workers, start=1):
         CleanupRun.objects.create(
-            schedule=schedule, iteration=iteration, task="sample", started_at=now, worker=worker_name
+            schedule=schedule,
+            iteration=iteration,
+            task="sample",
+            started_at=now,
+            worker=worker_name,
         )
 
     assert reconciler.interrupt_dead_runs() == 3

@@ -243,7 +243,7 @@ def test_concurrent_writes_never_hit_database_is_locked(start_worker_process, ma
     assert "database is locked" not in worker.output, worker.output
 
 
-# 4b. The port is taken (last in the file because it fails today: see the final assertion) ---
+# 4b. The port is taken ----------------------------------------------------------------------
 
 
 def test_port_in_use_exits_non_zero_with_one_line(engine_port, start_worker_process):
@@ -259,9 +259,7 @@ def test_port_in_use_exits_non_zero_with_one_line(engine_port, start_worker_proc
         in worker.output
     ), worker.output
     assert "Set EMBEDDED_ENGINE_PORT to use another port." in worker.output
-    # One readable line about the failure. Fails today: gRPC's C core also logs its own
-    # "E... add_port.cc:83] Failed to add port to server: ... Address already in use" line
-    # (EmbeddedEngine.start lets grpc try the bind; see the report).
+    # One readable line about the failure: not also gRPC's own C-level "add_port" log line.
     about_the_port = [line for line in worker.lines if "in use" in line]
     assert about_the_port == [
         f"CommandError: cannot listen on 127.0.0.1:{engine_port}: the port is in use "

@@ -17,7 +17,12 @@ def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
-        env={**clean, "DJANGO_SETTINGS_MODULE": "cleanupsite.settings", "ENV_FILE": os.devnull, **env},
+        env={
+            **clean,
+            "DJANGO_SETTINGS_MODULE": "cleanupsite.settings",
+            "ENV_FILE": os.devnull,
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=60,
