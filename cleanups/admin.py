@@ -6,6 +6,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
+from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.loader import render_to_string
@@ -21,9 +22,15 @@ from cleanups.control import (
     runtime_status_label,
 )
 from cleanups.models import CleanupRun, CleanupSchedule
-from cleanups.tasks import all_tasks
+from cleanups.tasks import all_tasks, human_duration
 
 ENGINE_UNREACHABLE = "engine unreachable"
+
+admin.site.site_header = "cleanups"
+admin.site.site_title = "cleanups"
+admin.site.index_title = "Scheduled cleanups"
+# The schedule list is wide (live status, last and next run): give it the whole page.
+admin.site.enable_nav_sidebar = False
 
 _MESSAGE_LEVELS = {
     Outcome.STARTED: messages.SUCCESS,
@@ -77,12 +84,12 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
     list_display = [
         "name",
         "task",
-        "interval",
+        "every",
         "desired_state",
         "runtime_status",
-        "current_iteration",
+        "iteration",
         "last_run",
-        "next_run_at",
+        "next_run",
         "run_history",
     ]
     list_filter = ["desired_state", "task"]
@@ -120,6 +127,10 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
     class Media:
         css = {"all": ["cleanups/cleanups.css"]}
 
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        # A schedule being added has no state yet: show only what the operator fills in.
+        return self.fieldsets if obj is not None else self.fieldsets[:1]
+
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
         form = super().get_form(request, obj, change=change, **kwargs)
         if "task" in form.base_fields:
@@ -141,6 +152,17 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
     def runtime_status(self, schedule: CleanupSchedule) -> str:
         return getattr(schedule, "runtime_status_label", "")
 
+    @admin.display(description="Every", ordering="interval")
+    def every(self, schedule: CleanupSchedule) -> str:
+        return human_duration(schedule.interval)
+
+    @admin.display(description="Iteration", ordering="current_iteration")
+    def iteration(self, schedule: CleanupSchedule) -> str:
+        if schedule.max_iterations:
+            done = max(0, schedule.current_iteration - schedule.start_iteration + 1)
+            return f"{schedule.current_iteration} ({done} of {schedule.max_iterations})"
+        return str(schedule.current_iteration)
+
     @admin.display(description="Last run", ordering="last_run_started_at")
     def last_run(self, schedule: CleanupSchedule) -> str:
         status = getattr(schedule, "last_run_status", None)
@@ -148,9 +170,20 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
             return "–"
         started = schedule.last_run_started_at  # type: ignore[attr-defined]
         return format_html(
-            "{} {}",
-            started.strftime("%Y-%m-%d %H:%M:%S"),
+            '{}<br><span title="{}">{}</span>',
             _status_badge(status, CleanupRun.Status(status).label),
+            started.isoformat(timespec="seconds"),
+            naturaltime(started),
+        )
+
+    @admin.display(description="Next run", ordering="next_run_at")
+    def next_run(self, schedule: CleanupSchedule) -> str:
+        if schedule.next_run_at is None:
+            return "–"
+        return format_html(
+            '<span title="{}">{}</span>',
+            schedule.next_run_at.isoformat(timespec="seconds"),
+            naturaltime(schedule.next_run_at),
         )
 
     @admin.display(description="Run history")

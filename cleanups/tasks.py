@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -132,7 +133,7 @@ def _validate_sample(params: Params) -> Params:
 
 @cleanup_task(
     "sample",
-    "The eternal-orchestrations sample's activity: log, wait `seconds` (default 5), delete nothing.",
+    "The eternal-orchestrations sample's activity: log, wait params.seconds (default 5), delete nothing.",
     validate=_validate_sample,
 )
 def sample(params: Params) -> TaskResult:
@@ -140,3 +141,17 @@ def sample(params: Params) -> TaskResult:
     logger.info("Performing sample cleanup (waiting %s s)", seconds)
     time.sleep(seconds)
     return TaskResult(items_deleted=0, message=f"Sample cleanup waited {seconds} s.")
+
+
+def human_duration(duration: timedelta) -> str:
+    """A short reading of a duration: '90 s' -> '1 min 30 s', '1 day, 2:00:00' -> '1 d 2 h'."""
+    total = duration.total_seconds()
+    if total < 60:
+        return f"{total:g} s"
+    parts = []
+    remaining = int(total)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        value, remaining = divmod(remaining, size)
+        if value:
+            parts.append(f"{value} {unit}")
+    return " ".join(parts)

@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from cleanups.models import CleanupRun, CleanupSchedule
+from cleanups.tasks import human_duration
 
 RUNS_PER_PAGE = 50
 
@@ -28,6 +29,7 @@ def schedule_runs(request: HttpRequest, pk: int) -> HttpResponse:
             **admin.site.each_context(request),
             "title": f"Run history: {schedule}",
             "schedule": schedule,
+            "interval": human_duration(schedule.interval),
             "page": page,
             "status": status,
             "statuses": CleanupRun.Status.choices,

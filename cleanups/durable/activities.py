@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -75,7 +76,8 @@ def execute_iteration(schedule_id: int, iteration: int) -> dict[str, Any]:
         status = CleanupRun.Status.SUCCEEDED
     except Exception as exc:  # a failing cleanup is a failed run, never a failed loop
         status = CleanupRun.Status.FAILED
-        error = f"{type(exc).__name__}: {exc}"
+        detail = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+        error = f"{type(exc).__name__}: {detail}"
         tb = traceback.format_exc()
     finished = timezone.now()
 
