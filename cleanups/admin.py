@@ -56,6 +56,10 @@ class ScheduleChangeList(ChangeList):
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
+        if request.method != "GET":
+            # An action's POST builds the changelist only to find the selection; the page it
+            # redirects to asks the engine.
+            return
         try:
             states = fetch_runtime_states(s.instance_id for s in self.result_list)
         except EngineUnavailable:

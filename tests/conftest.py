@@ -91,7 +91,8 @@ def worker(engine: CountingEngine) -> Iterator[Any]:
 
 
 @pytest.fixture
-def client(engine: CountingEngine) -> Any:
+def durable_client(engine: CountingEngine) -> Any:
+    """A Durable Task client for the test engine (not Django's test client)."""
     from cleanups.durable.connection import get_client
 
     return get_client()

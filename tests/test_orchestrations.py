@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 COMPLETED = dt_client.OrchestrationStatus.COMPLETED
 
 
-def test_iterations_are_counted_by_run_records(worker, client, make_schedule):
+def test_iterations_are_counted_by_run_records(worker, durable_client, make_schedule):
     schedule = make_schedule(interval=timedelta(seconds=0.3) + timedelta(seconds=0.7))
     schedule.start()
 
@@ -29,26 +29,26 @@ def test_iterations_are_counted_by_run_records(worker, client, make_schedule):
     assert timedelta(seconds=0.9) <= gap < timedelta(seconds=3)
     schedule.refresh_from_db()
     assert schedule.current_iteration >= 3
-    state = client.get_orchestration_state(schedule.instance_id)
+    state = durable_client.get_orchestration_state(schedule.instance_id)
     assert state.runtime_status == dt_client.OrchestrationStatus.RUNNING
 
 
-def test_continue_as_new_resets_history(worker, client, make_schedule):
+def test_continue_as_new_resets_history(worker, durable_client, make_schedule):
     schedule = make_schedule()
     schedule.start()
     wait_until(lambda: len(runs_of(schedule)) >= 4)
 
-    history = client.get_orchestration_history(schedule.instance_id)
+    history = durable_client.get_orchestration_history(schedule.instance_id)
     # One generation only: start, the activity, its timer; never the earlier iterations.
     assert len([e for e in history if isinstance(e, history_events.TaskScheduledEvent)]) <= 1
     assert len(history) < 15
 
 
-def test_stops_after_max_iterations(worker, client, make_schedule):
+def test_stops_after_max_iterations(worker, durable_client, make_schedule):
     schedule = make_schedule(max_iterations=3)
     schedule.start()
 
-    state = client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
+    state = durable_client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
     assert state.runtime_status == COMPLETED
     assert state.get_output() == {"iterations": 3, "reason": "iteration limit reached"}
     assert [run.iteration for run in runs_of(schedule)] == [1, 2, 3]
@@ -57,14 +57,14 @@ def test_stops_after_max_iterations(worker, client, make_schedule):
     assert schedule.next_run_at is None
 
 
-def test_a_new_start_continues_the_iteration_count(worker, client, make_schedule):
+def test_a_new_start_continues_the_iteration_count(worker, durable_client, make_schedule):
     schedule = make_schedule(max_iterations=2)
     schedule.start()
-    client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
+    durable_client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
 
     outcome = schedule.start()
     assert outcome.outcome.value == "started"
-    state = client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
+    state = durable_client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
     assert state.get_output()["iterations"] == 4
     assert [run.iteration for run in runs_of(schedule)] == [1, 2, 3, 4]
 
@@ -82,11 +82,11 @@ def test_interval_edit_applies_from_the_next_iteration(worker, make_schedule):
     assert third.started_at - second.finished_at >= timedelta(seconds=2.9)
 
 
-def test_a_failing_task_is_a_failed_run_and_the_loop_goes_on(worker, client, make_schedule):
+def test_a_failing_task_is_a_failed_run_and_the_loop_goes_on(worker, durable_client, make_schedule):
     schedule = make_schedule(task="sample", params={"seconds": "not a number"}, max_iterations=2)
     schedule.start()
 
-    state = client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
+    state = durable_client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
     assert state.runtime_status == COMPLETED
     runs = runs_of(schedule)
     assert [run.status for run in runs] == [CleanupRun.Status.FAILED] * 2
@@ -94,13 +94,13 @@ def test_a_failing_task_is_a_failed_run_and_the_loop_goes_on(worker, client, mak
     assert "Traceback (most recent call last)" in runs[0].traceback
 
 
-def test_bare_integer_start_runs_the_sample_loop(worker, client, settings, caplog):
+def test_bare_integer_start_runs_the_sample_loop(worker, durable_client, settings, caplog):
     # The sample's 15 s timer, shortened by configuration only.
     settings.SAMPLE_TIMER_SECONDS = 0.2
     caplog.set_level(logging.INFO, logger="cleanups.runs")
-    instance_id = client.schedule_new_orchestration(ORCHESTRATION_NAME, input=1)
+    instance_id = durable_client.schedule_new_orchestration(ORCHESTRATION_NAME, input=1)
 
-    state = client.wait_for_orchestration_completion(instance_id, timeout=20)
+    state = durable_client.wait_for_orchestration_completion(instance_id, timeout=20)
     assert state.runtime_status == COMPLETED
     assert state.get_output() == "Completed 5 iterations"
     iterations = [r.getMessage() for r in caplog.records if "sample iteration" in r.getMessage()]
@@ -110,14 +110,14 @@ def test_bare_integer_start_runs_the_sample_loop(worker, client, settings, caplo
     assert CleanupRun.objects.count() == 0
 
 
-def test_sample_timer_defaults_to_fifteen_seconds(worker, client):
+def test_sample_timer_defaults_to_fifteen_seconds(worker, durable_client):
     before = datetime.now(UTC)
-    instance_id = client.schedule_new_orchestration(ORCHESTRATION_NAME, input=1)
+    instance_id = durable_client.schedule_new_orchestration(ORCHESTRATION_NAME, input=1)
 
     def timer_created():
-        history = client.get_orchestration_history(instance_id)
+        history = durable_client.get_orchestration_history(instance_id)
         return next((e for e in history if isinstance(e, history_events.TimerCreatedEvent)), None)
 
     timer = wait_until(timer_created)
     assert timedelta(seconds=14.9) < timer.fire_at - before < timedelta(seconds=17)
-    client.terminate_orchestration(instance_id, recursive=False)
+    durable_client.terminate_orchestration(instance_id, recursive=False)

@@ -29,7 +29,7 @@ def _want_running(schedule, **fields):
 
 
 def test_a_running_schedule_without_an_orchestration_is_started(
-    worker, client, make_schedule, reconciler
+    worker, durable_client, make_schedule, reconciler
 ):
     schedule = make_schedule()
     _want_running(schedule)
@@ -37,11 +37,14 @@ def test_a_running_schedule_without_an_orchestration_is_started(
     reconciler.tick()
 
     wait_until(lambda: len(runs_of(schedule)) >= 2)
-    assert client.get_orchestration_state(schedule.instance_id).runtime_status == Status.RUNNING
+    assert (
+        durable_client.get_orchestration_state(schedule.instance_id).runtime_status
+        == Status.RUNNING
+    )
 
 
 def test_a_restart_waits_only_the_time_left_and_continues_the_count(
-    worker, client, make_schedule, reconciler
+    worker, durable_client, make_schedule, reconciler
 ):
     schedule = make_schedule(interval=timedelta(seconds=30))
     now = timezone.now()
@@ -60,24 +63,27 @@ def test_a_restart_waits_only_the_time_left_and_continues_the_count(
     assert new_run.started_at >= now + timedelta(seconds=2)
 
 
-def test_a_failed_orchestration_is_started_again(worker, client, make_schedule, reconciler):
+def test_a_failed_orchestration_is_started_again(worker, durable_client, make_schedule, reconciler):
     schedule = make_schedule()
     _want_running(schedule)
     # An input the orchestrator cannot handle makes the orchestration itself fail.
-    client.schedule_new_orchestration(
+    durable_client.schedule_new_orchestration(
         ORCHESTRATION_NAME, input={"schedule_id": schedule.pk}, instance_id=schedule.instance_id
     )
-    failed = client.wait_for_orchestration_completion(schedule.instance_id, timeout=10)
+    failed = durable_client.wait_for_orchestration_completion(schedule.instance_id, timeout=10)
     assert failed.runtime_status == Status.FAILED
 
     reconciler.tick()
 
     wait_until(lambda: len(runs_of(schedule)) >= 1)
-    assert client.get_orchestration_state(schedule.instance_id).runtime_status == Status.RUNNING
+    assert (
+        durable_client.get_orchestration_state(schedule.instance_id).runtime_status
+        == Status.RUNNING
+    )
 
 
 def test_a_stopped_schedule_with_a_live_orchestration_is_terminated(
-    worker, client, make_schedule, reconciler
+    worker, durable_client, make_schedule, reconciler
 ):
     schedule = make_schedule(interval=timedelta(seconds=30))
     schedule.start()
@@ -88,7 +94,8 @@ def test_a_stopped_schedule_with_a_live_orchestration_is_terminated(
 
     wait_until(
         lambda: (
-            client.get_orchestration_state(schedule.instance_id).runtime_status == Status.TERMINATED
+            durable_client.get_orchestration_state(schedule.instance_id).runtime_status
+            == Status.TERMINATED
         )
     )
 
