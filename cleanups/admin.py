@@ -21,8 +21,9 @@ from cleanups.control import (
     fetch_runtime_states,
     runtime_status_label,
 )
+from cleanups.formatting import human_duration
 from cleanups.models import CleanupRun, CleanupSchedule
-from cleanups.tasks import all_tasks, human_duration
+from cleanups.registry import all_tasks
 
 ENGINE_UNREACHABLE = "engine unreachable"
 
@@ -110,7 +111,7 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
         "run_history",
     ]
     fieldsets = [
-        (None, {"fields": ["name", "task", "params", "interval", "max_iterations"]}),
+        (None, {"fields": ["name", "task", "params", "dry_run", "interval", "max_iterations"]}),
         (
             "State",
             {
@@ -220,8 +221,9 @@ class CleanupRunAdmin(admin.ModelAdmin):
         "started_at",
         "duration",
         "items_deleted",
+        "dry_run",
     ]
-    list_filter = ["status", "schedule"]
+    list_filter = ["status", "dry_run", "schedule"]
     list_select_related = ["schedule"]
     date_hierarchy = "started_at"
 

@@ -11,7 +11,7 @@ from django.db import models
 from django.db.models import OuterRef, Subquery
 from django.urls import reverse
 
-from cleanups.tasks import get_task, task_choices
+from cleanups.registry import get_task, task_choices
 
 if TYPE_CHECKING:
     from cleanups.control import ControlOutcome
@@ -56,6 +56,10 @@ class CleanupSchedule(models.Model):
         validators=[MinValueValidator(MIN_INTERVAL)],
         help_text="Time between the end of one run and the start of the next (at least 1 second), "
         "e.g. 00:05:00 for five minutes.",
+    )
+    dry_run = models.BooleanField(
+        default=False,
+        help_text="Count what each run would delete, and delete nothing.",
     )
     max_iterations = models.PositiveIntegerField(
         null=True,
@@ -177,7 +181,16 @@ class CleanupRun(models.Model):
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     duration = models.DurationField(null=True, blank=True)
+    dry_run = models.BooleanField(default=False, help_text="Counted only; nothing was deleted.")
     items_deleted = models.PositiveBigIntegerField(default=0)
+    details = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='What went, per target: {"targets": {"app.Model": {"items": n, "bytes": b}}}.',
+    )
+    parts = models.PositiveIntegerField(
+        default=1, help_text="Activity calls this run took (a long cleanup resumes in parts)."
+    )
     message = models.TextField(blank=True)
     error = models.TextField(blank=True)
     traceback = models.TextField(blank=True)

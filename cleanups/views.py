@@ -6,8 +6,8 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
+from cleanups.formatting import human_duration
 from cleanups.models import CleanupRun, CleanupSchedule
-from cleanups.tasks import human_duration
 
 RUNS_PER_PAGE = 50
 
@@ -47,5 +47,6 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             **admin.site.each_context(request),
             "title": f"{run.schedule} · iteration {run.iteration}",
             "run": run,
+            "targets": sorted((run.details or {}).get("targets", {}).items()),
         },
     )

@@ -112,6 +112,14 @@ RECONCILE_INTERVAL = env.float("RECONCILE_INTERVAL", default=5.0)
 # The timer of the sample's bare-integer loop (15 s in the sample).
 SAMPLE_TIMER_SECONDS = env.float("SAMPLE_TIMER_SECONDS", default=15.0)
 
+# Directories the delete_old_files task may clean (comma-separated); nothing outside them.
+CLEANUP_ALLOWED_DIRS = env.list("CLEANUP_ALLOWED_DIRS", default=[])
+# A long cleanup runs in parts of about this many seconds each, so its progress reaches the
+# orchestration's custom status and a lost worker costs at most one part.
+CLEANUP_PART_SECONDS = env.float("CLEANUP_PART_SECONDS", default=20.0)
+# Purging a task hub can take longer than an ordinary engine call.
+PURGE_CALL_TIMEOUT = env.float("PURGE_CALL_TIMEOUT", default=300.0)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

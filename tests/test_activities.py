@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from cleanups.durable.activities import execute_iteration, run_cleanup
 from cleanups.models import CleanupRun, CleanupSchedule
-from cleanups.tasks import cleanup_task
+from cleanups.registry import cleanup_task
 from tests.conftest import runs_of
 
 pytestmark = pytest.mark.django_db

@@ -401,7 +401,7 @@ def test_add_form_asks_only_for_what_the_operator_fills_in(admin_client):
 
     assert response.status_code == 200
     form = response.context["adminform"].form
-    assert set(form.fields) == {"name", "task", "params", "interval", "max_iterations"}
+    assert set(form.fields) == {"name", "task", "params", "dry_run", "interval", "max_iterations"}
     html = response.content.decode()
     assert "<code>sample</code>" in html
     assert "<code>expired_sessions</code>" in html

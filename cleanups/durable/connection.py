@@ -124,10 +124,12 @@ def _credential(config: EngineConfig) -> Any:
     return DefaultAzureCredential()
 
 
-def build_client(config: EngineConfig | None = None) -> dt_client.TaskHubGrpcClient:
+def build_client(
+    config: EngineConfig | None = None, call_timeout: float | None = None
+) -> dt_client.TaskHubGrpcClient:
     """A new client for the configured engine. Most code wants the shared `get_client()`."""
     config = config or engine_config()
-    interceptors = [_DeadlineInterceptor(settings.ENGINE_CALL_TIMEOUT)]
+    interceptors = [_DeadlineInterceptor(call_timeout or settings.ENGINE_CALL_TIMEOUT)]
     if config.mode is EngineMode.EMBEDDED:
         return dt_client.TaskHubGrpcClient(
             host_address=config.address,
@@ -145,14 +147,14 @@ def build_client(config: EngineConfig | None = None) -> dt_client.TaskHubGrpcCli
     )
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_client(config: EngineConfig) -> dt_client.TaskHubGrpcClient:
-    return build_client(config)
+@functools.lru_cache(maxsize=8)
+def _cached_client(config: EngineConfig, call_timeout: float) -> dt_client.TaskHubGrpcClient:
+    return build_client(config, call_timeout)
 
 
-def get_client() -> dt_client.TaskHubGrpcClient:
+def get_client(call_timeout: float | None = None) -> dt_client.TaskHubGrpcClient:
     """The process-wide client for the configured engine (gRPC channels are thread-safe)."""
-    return _cached_client(engine_config())
+    return _cached_client(engine_config(), call_timeout or settings.ENGINE_CALL_TIMEOUT)
 
 
 def build_worker(

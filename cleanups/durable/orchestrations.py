@@ -30,10 +30,16 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
         if fire_at > ctx.current_utc_datetime:
             yield ctx.create_timer(fire_at)
 
-    ctx.set_custom_status({"iteration": iteration, "state": "running"})
-    result = yield ctx.call_activity(
-        activities.run_cleanup, input={"schedule_id": schedule_id, "iteration": iteration}
-    )
+    ctx.set_custom_status({"iteration": iteration, "state": "running", "items_so_far": 0})
+    step = {"schedule_id": schedule_id, "iteration": iteration, "part": 0}
+    result = yield ctx.call_activity(activities.run_cleanup, input=step)
+    while result.get("more"):
+        # A long cleanup resumes in parts; each part's progress shows in the custom status.
+        ctx.set_custom_status(
+            {"iteration": iteration, "state": "running", "items_so_far": result["items"]}
+        )
+        step = {**step, "part": result["part"]}
+        result = yield ctx.call_activity(activities.run_cleanup, input=step)
     if not result["continue"]:
         ctx.set_custom_status(
             {"iteration": iteration, "state": "finished", "reason": result["reason"]}

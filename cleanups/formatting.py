@@ -1,0 +1,17 @@
+"""Small formatting helpers for the admin and the pages."""
+
+from datetime import timedelta
+
+
+def human_duration(duration: timedelta) -> str:
+    """A short reading of a duration: '90 s' -> '1 min 30 s', '1 day, 2:00:00' -> '1 d 2 h'."""
+    total = duration.total_seconds()
+    if total < 60:
+        return f"{total:g} s"
+    parts = []
+    remaining = int(total)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        value, remaining = divmod(remaining, size)
+        if value:
+            parts.append(f"{value} {unit}")
+    return " ".join(parts)

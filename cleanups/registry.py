@@ -1,0 +1,214 @@
+"""The registry of cleanup tasks, the context a task runs with, and the batch deleter.
+
+Register a task from a ``cleanup_tasks`` module in any installed app (they are discovered at
+start-up, the way ``admin.py`` modules are)::
+
+    @cleanup_task("old_exports", "Delete export files older than a week.", validate=my_validator)
+    def old_exports(ctx: CleanupContext) -> str:
+        ...
+        ctx.deleted("exports", 3, bytes=12_000)
+        return "Deleted 3 exports."
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
+
+if TYPE_CHECKING:
+    from cleanups.models import CleanupRun
+
+Params = dict[str, Any]
+TaskFunction = Callable[["CleanupContext"], "str | None"]
+Validator = Callable[[Params], Params]
+
+
+class CleanupContext:
+    """What a running task knows and reports: its params, dry run, counts, time left."""
+
+    def __init__(
+        self,
+        params: Params,
+        *,
+        dry_run: bool = False,
+        run: CleanupRun | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        self.params = params
+        self.dry_run = dry_run
+        self.run = run
+        self.deadline = deadline
+        self.unfinished = False
+        details = (run.details if run is not None else None) or {}
+        self.targets: dict[str, dict[str, int]] = {
+            name: dict(counts) for name, counts in details.get("targets", {}).items()
+        }
+
+    @property
+    def items(self) -> int:
+        return sum(counts.get("items", 0) for counts in self.targets.values())
+
+    def deleted(self, target: str, count: int, bytes: int = 0) -> None:
+        """Record that ``count`` items of ``target`` went (in a dry run: would go).
+
+        Call it inside the batch's transaction, so the record and the data never disagree.
+        """
+        counts = self.targets.setdefault(target, {"items": 0, "bytes": 0})
+        counts["items"] += count
+        counts["bytes"] = counts.get("bytes", 0) + bytes
+        self._save()
+
+    would_delete = deleted  # reads better in a dry run's code path
+
+    def out_of_time(self) -> bool:
+        """True once this part of the run has used its time; stop and the loop resumes it."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.unfinished = True
+        return self.unfinished
+
+    def _save(self) -> None:
+        if self.run is None:
+            return
+        from cleanups.models import CleanupRun
+
+        self.run.items_deleted = self.items
+        self.run.details = {**(self.run.details or {}), "targets": self.targets}
+        CleanupRun.objects.filter(pk=self.run.pk).update(
+            items_deleted=self.run.items_deleted, details=self.run.details
+        )
+
+
+@dataclass(frozen=True)
+class CleanupTask:
+    """A registered cleanup: a function plus the validation of its parameters."""
+
+    name: str
+    description: str
+    function: TaskFunction
+    validate: Validator
+
+    def clean_params(self, params: Any) -> Params:
+        """Return validated params, or raise ValidationError with a readable message."""
+        if params is None:
+            params = {}
+        if not isinstance(params, Mapping):
+            raise ValidationError("Parameters must be a JSON object, for example {}.")
+        return self.validate(dict(params))
+
+
+_registry: dict[str, CleanupTask] = {}
+
+
+def _accept_any(params: Params) -> Params:
+    return params
+
+
+def cleanup_task(
+    name: str, description: str, validate: Validator | None = None
+) -> Callable[[TaskFunction], TaskFunction]:
+    """Register a function taking a CleanupContext as the cleanup task ``name``."""
+
+    def register(function: TaskFunction) -> TaskFunction:
+        existing = _registry.get(name)
+        if existing is not None and existing.function.__qualname__ != function.__qualname__:
+            raise ValueError(f"A cleanup task named {name!r} is already registered.")
+        _registry[name] = CleanupTask(name, description, function, validate or _accept_any)
+        return function
+
+    return register
+
+
+def get_task(name: str) -> CleanupTask | None:
+    return _registry.get(name)
+
+
+def all_tasks() -> list[CleanupTask]:
+    return sorted(_registry.values(), key=lambda task: task.name)
+
+
+def task_choices() -> list[tuple[str, str]]:
+    """Choices for the schedule's ``task`` field; a callable so new tasks need no migration."""
+    return [(task.name, task.name) for task in all_tasks()]
+
+
+def delete_in_batches(ctx: CleanupContext, queryset: models.QuerySet[Any], batch_size: int) -> None:
+    """Delete what ``queryset`` matches, ``batch_size`` rows per short transaction.
+
+    Each batch is ``DELETE ... WHERE pk IN (SELECT pk ... LIMIT n)`` through QuerySet.delete():
+    the database's own fast path where nothing depends on the rows, Django's collector (with
+    cascades and signals) where something does. The run record's counts are written in the
+    same transaction as the batch, so a worker killed midway leaves both consistent.
+    """
+    model = queryset.model
+    label = model._meta.label
+    if ctx.dry_run:
+        ctx.would_delete(label, queryset.count())
+        return
+    pks = queryset.order_by().values("pk")
+    while not ctx.out_of_time():
+        with transaction.atomic(using=queryset.db):
+            batch = model._base_manager.using(queryset.db).filter(pk__in=pks[:batch_size])
+            _, per_model = batch.delete()
+            if not per_model.get(label):
+                break
+            for target, count in per_model.items():
+                if count:
+                    ctx.deleted(target, count)
+        if per_model[label] < batch_size:
+            break
+
+
+# Parameter validation helpers, for the built-in tasks and for yours.
+
+
+def reject_unknown(params: Params, allowed: set[str]) -> None:
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ValidationError(
+            "Unknown parameter(s): %(unknown)s. Allowed: %(allowed)s.",
+            params={"unknown": ", ".join(unknown), "allowed": ", ".join(sorted(allowed)) or "none"},
+        )
+
+
+def number_param(
+    params: Params, key: str, default: float | None, minimum: float, maximum: float
+) -> float | None:
+    """A number within [minimum, maximum]; ``default`` (which may be None) when absent."""
+    if key not in params or params[key] is None:
+        return default
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError("%(key)s must be a number.", params={"key": key})
+    if not minimum <= value <= maximum:
+        raise ValidationError(
+            "%(key)s must be between %(min)s and %(max)s.",
+            params={"key": key, "min": minimum, "max": maximum},
+        )
+    return value
+
+
+def positive_days(params: Params, key: str, default: float | None) -> float | None:
+    value = number_param(params, key, default, float("-inf"), 36_500)
+    if value is not None and value <= 0:
+        raise ValidationError("%(key)s must be more than 0.", params={"key": key})
+    return value
+
+
+def int_param(params: Params, key: str, default: int, minimum: int, maximum: int) -> int:
+    value = number_param(params, key, default, minimum, maximum)
+    assert value is not None
+    if value != int(value):
+        raise ValidationError("%(key)s must be a whole number.", params={"key": key})
+    return int(value)
+
+
+def bool_param(params: Params, key: str, default: bool) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise ValidationError("%(key)s must be true or false.", params={"key": key})
+    return value
