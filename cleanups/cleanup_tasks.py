@@ -100,7 +100,9 @@ def _validate_delete_old_rows(params: Params) -> Params:
     if "older_than_days" not in params:
         raise ValidationError("older_than_days is required (may be fractional, e.g. 0.5).")
     days = positive_days(params, "older_than_days", None)
-    lookups = params.get("filter") or {}
+    lookups = params.get("filter")
+    if lookups is None:
+        lookups = {}
     if not isinstance(lookups, dict):
         raise ValidationError('filter must be a JSON object of lookups, e.g. {"status": "done"}.')
     try:

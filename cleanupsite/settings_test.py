@@ -8,7 +8,7 @@ os.environ.setdefault(
 )  # a developer's .env must not change what the tests see
 
 from cleanupsite.settings import *
-from cleanupsite.settings import BASE_DIR, DATABASES
+from cleanupsite.settings import BASE_DIR, DATABASES, INSTALLED_APPS
 
 # Worker threads and runworker subprocesses must see committed rows, so the test database
 # is a real file, never SQLite's shared in-memory database.
@@ -20,3 +20,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# An app of the tests' own: models to clean up and a custom cleanup task.
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]

@@ -12,6 +12,7 @@ from durabletask.worker import ConcurrencyOptions
 from cleanups.durable.connection import EngineConfigError, EngineStartError, engine_config
 from cleanups.durable.runner import WorkerHost
 from cleanups.models import CleanupSchedule
+from cleanups.registry import all_tasks
 
 
 def positive_int(value: str) -> int:
@@ -67,6 +68,12 @@ class Command(BaseCommand):
             "while it runs.",
         )
         parser.add_argument(
+            "--list-tasks",
+            action="store_true",
+            help="List every registered cleanup task (built-in and from apps' cleanup_tasks "
+            "modules) and exit.",
+        )
+        parser.add_argument(
             "--reconcile-interval",
             type=positive_float,
             default=None,
@@ -75,6 +82,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         from django.conf import settings
+
+        if options["list_tasks"]:
+            for task in all_tasks():
+                self.stdout.write(f"{task.name}\n    {task.description}")
+            return
 
         try:
             config = engine_config()

@@ -1,0 +1,30 @@
+"""A custom cleanup task, registered the way a project's own app would register one."""
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from cleanups.registry import CleanupContext, Params, cleanup_task, reject_unknown
+from tests.testapp.models import Event
+
+
+def validate_params(params: Params) -> Params:
+    reject_unknown(params, {"kind"})
+    if not isinstance(params.get("kind"), str):
+        raise ValidationError("kind is required: the kind of events to delete.")
+    return params
+
+
+@cleanup_task(
+    "testapp_events_of_kind",
+    "Delete every Event of one kind (a custom task from the tests' app).",
+    validate=validate_params,
+)
+def events_of_kind(ctx: CleanupContext) -> str:
+    events = Event.objects.filter(kind=ctx.params["kind"])
+    if ctx.dry_run:
+        ctx.would_delete("testapp.Event", events.count())
+        return "Counted."
+    with transaction.atomic():
+        count, _ = events.delete()
+        ctx.deleted("testapp.Event", count)
+    return f"Deleted {count} {ctx.params['kind']} event(s)."
