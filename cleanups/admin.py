@@ -88,7 +88,7 @@ def _status_badge(status: str, label: str) -> SafeString:
 class CleanupScheduleAdmin(admin.ModelAdmin):
     list_display = [
         "name",
-        "task",
+        "task_label",
         "every",
         "desired_state",
         "runtime_status",
@@ -156,6 +156,12 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
     @admin.display(description="Runtime status")
     def runtime_status(self, schedule: CleanupSchedule) -> str:
         return getattr(schedule, "runtime_status_label", "")
+
+    @admin.display(description="Task", ordering="task")
+    def task_label(self, schedule: CleanupSchedule) -> str:
+        if schedule.dry_run:
+            return format_html("{} <em>(dry run)</em>", schedule.task)
+        return schedule.task
 
     @admin.display(description="Every", ordering="interval")
     def every(self, schedule: CleanupSchedule) -> str:

@@ -598,3 +598,14 @@ def test_non_staff_user_is_sent_to_the_login_page(django_user_model):
     assert response.status_code == 302
     assert response.url.startswith(reverse("admin:login"))
     assert "next=" in response.url
+
+
+@pytest.mark.django_db
+def test_changelist_marks_dry_run_schedules(admin_client, engine_port, make_schedule):
+    make_schedule(name="counting-only", task="expired_sessions", params={}, dry_run=True)
+    make_schedule(name="for-real", task="sample")
+
+    html = admin_client.get(reverse(SCHEDULE_CHANGELIST)).content.decode()
+
+    assert "expired_sessions <em>(dry run)</em>" in html
+    assert "sample <em>(dry run)</em>" not in html
