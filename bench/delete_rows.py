@@ -234,11 +234,17 @@ def main() -> None:
         "--rows", type=int, default=1_000_000, help="old plain rows (plus 10%% recent)"
     )
     parser.add_argument("--parents", type=int, default=200_000, help="old parents, 2 children each")
-    parser.add_argument("--batch-size", type=int, default=1000, help="delete_old_rows batch_size")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=1000,
+        help="a fixed delete_old_rows batch_size to compare with its default (self-sizing) batches",
+    )
     args = parser.parse_args()
     if connection.vendor != "sqlite":
         sys.exit("bench/delete_rows.py measures SQLite; unset DATABASE_URL.")
-    ours = f"delete_old_rows (batch {args.batch_size})"
+    ours = "delete_old_rows (default batches)"
+    fixed = f"delete_old_rows (batch_size {args.batch_size})"
     cutoff = timezone.now() - timedelta(days=30)
 
     plain: dict[str, dict[str, float]] = {}
@@ -249,7 +255,8 @@ def main() -> None:
             raw_delete([f"DELETE FROM {table_name} WHERE created_at < ?"], cutoff.isoformat()),
         ),
         ("QuerySet.delete()", queryset_delete(PlainRow, cutoff)),
-        (ours, task_delete("benchapp.PlainRow", args.batch_size)),
+        (ours, task_delete("benchapp.PlainRow", None)),
+        (fixed, task_delete("benchapp.PlainRow", args.batch_size)),
     ]:
         say(f"plain table, {name}:")
         fresh_database("plain")
@@ -266,7 +273,8 @@ def main() -> None:
     for name, delete in [
         ("raw DELETE", raw_delete(raw_cascade, cutoff.isoformat())),
         ("QuerySet.delete()", queryset_delete(Parent, cutoff)),
-        (ours, task_delete("benchapp.Parent", args.batch_size)),
+        (ours, task_delete("benchapp.Parent", None)),
+        (fixed, task_delete("benchapp.Parent", args.batch_size)),
     ]:
         say(f"cascading pair, {name}:")
         fresh_database("cascade")
@@ -286,6 +294,7 @@ def main() -> None:
         ),
         "",
         verdict(ours, plain) + " [plain]",
+        verdict(fixed, plain) + " [plain]",
         verdict(ours, cascade) + " [cascade]",
     ]
     print("\n".join(lines))

@@ -136,13 +136,24 @@ def task_choices() -> list[tuple[str, str]]:
     return [(task.name, task.name) for task in all_tasks()]
 
 
-def delete_in_batches(ctx: CleanupContext, queryset: models.QuerySet[Any], batch_size: int) -> None:
-    """Delete what ``queryset`` matches, ``batch_size`` rows per short transaction.
+# With no batch size given, batches grow or shrink to take about this long: long enough that
+# per-batch costs vanish, far below what would keep another writer waiting noticeably.
+AUTO_BATCH_SECONDS = 0.05
+AUTO_BATCH_FIRST, AUTO_BATCH_MIN, AUTO_BATCH_MAX = 1000, 100, 100_000
+
+
+def delete_in_batches(
+    ctx: CleanupContext, queryset: models.QuerySet[Any], batch_size: int | None = None
+) -> None:
+    """Delete what ``queryset`` matches, one batch per short transaction.
 
     Each batch is ``DELETE ... WHERE pk IN (SELECT pk ... LIMIT n)`` through QuerySet.delete():
     the database's own fast path where nothing depends on the rows, Django's collector (with
     cascades and signals) where something does. The run record's counts are written in the
     same transaction as the batch, so a worker killed midway leaves both consistent.
+
+    ``batch_size`` fixes the rows per batch; without it the size adapts so that each batch
+    takes about AUTO_BATCH_SECONDS.
     """
     model = queryset.model
     label = model._meta.label
@@ -150,17 +161,23 @@ def delete_in_batches(ctx: CleanupContext, queryset: models.QuerySet[Any], batch
         ctx.would_delete(label, queryset.count())
         return
     pks = queryset.order_by().values("pk")
+    size = batch_size or AUTO_BATCH_FIRST
     while not ctx.out_of_time():
+        started = time.monotonic()
         with transaction.atomic(using=queryset.db):
-            batch = model._base_manager.using(queryset.db).filter(pk__in=pks[:batch_size])
+            batch = model._base_manager.using(queryset.db).filter(pk__in=pks[:size])
             _, per_model = batch.delete()
             if not per_model.get(label):
                 break
             for target, count in per_model.items():
                 if count:
                     ctx.deleted(target, count)
-        if per_model[label] < batch_size:
+        if per_model[label] < size:
             break
+        if batch_size is None:
+            took = max(time.monotonic() - started, 1e-6)
+            scale = min(max(AUTO_BATCH_SECONDS / took, 0.5), 2.0)
+            size = int(min(max(size * scale, AUTO_BATCH_MIN), AUTO_BATCH_MAX))
 
 
 # Parameter validation helpers, for the built-in tasks and for yours.

@@ -23,7 +23,8 @@ def test_delete_rows_bench_runs_and_verifies_its_deletes(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "| raw DELETE | 3,000 |" in result.stdout
-    assert "| delete_old_rows (batch 1000) | 3,000 |" in result.stdout
+    assert "| delete_old_rows (default batches) | 3,000 |" in result.stdout
+    assert "| delete_old_rows (batch_size 1000) | 3,000 |" in result.stdout
     # 600 parents and their 1,200 children, by every method
-    assert result.stdout.count("| 1,800 |") == 3
+    assert result.stdout.count("| 1,800 |") == 4
     assert "[plain]" in result.stdout and "[cascade]" in result.stdout

@@ -19,7 +19,7 @@ def test_name_and_interval_make_a_valid_runnable_schedule():
 
     schedule.full_clean()
     assert schedule.task == "expired_sessions"
-    assert schedule.params == {"batch_size": 1000}  # cleaned by the task's validation
+    assert schedule.params == {}  # cleaned by the task's validation: nothing to add
     assert schedule.max_iterations is None
     assert schedule.desired_state == CleanupSchedule.DesiredState.STOPPED
     assert schedule.instance_id == f"cleanup-schedule-{schedule.pk}"
