@@ -385,3 +385,9 @@ def test_a_dry_run_is_recorded_as_one(events, make_schedule):
     assert run.items_deleted == 35
     assert run.details == {"targets": {"testapp.Event": {"items": 35, "bytes": 0}}}
     assert Event.objects.count() == 42
+
+
+def test_purge_orchestrations_rejects_bad_params():
+    assert "more than 0" in invalid("purge_orchestrations", {"older_than_days": 0})
+    assert "Unknown parameter(s): days" in invalid("purge_orchestrations", {"days": 3})
+    assert get_task("purge_orchestrations").clean_params({}) == {"older_than_days": 7}

@@ -267,3 +267,44 @@ def test_succeeded_run_page_has_no_error_section(admin_client, schedule):
     assert "<pre" not in html
     assert "deleted 1" in html
     assert "2.000 s" in html
+
+
+def test_run_page_shows_progress_and_counts_per_target(admin_client, schedule):
+    run = CleanupRun.objects.create(
+        schedule=schedule,
+        iteration=1,
+        task="delete_old_files",
+        started_at=timezone.now(),
+        items_deleted=57,
+        parts=3,
+        details={
+            "targets": {
+                "files": {"items": 55, "bytes": 3 * 1024 * 1024},
+                "directories": {"items": 2, "bytes": 0},
+            }
+        },
+    )
+    html = admin_client.get(reverse("cleanups:run_detail", args=[run.pk])).content.decode()
+
+    assert "57 so far" in html
+    assert re.search(
+        r"<td>files</td><td class=\"number\">55</td><td class=\"number\">3\.0\xa0MB</td>", html
+    )
+    assert re.search(r"<td>directories</td><td class=\"number\">2</td>", html)
+
+
+def test_a_dry_run_says_nothing_was_deleted(admin_client, schedule):
+    run = CleanupRun.objects.create(
+        schedule=schedule,
+        iteration=1,
+        task="expired_sessions",
+        status="succeeded",
+        dry_run=True,
+        started_at=timezone.now(),
+        items_deleted=12,
+    )
+    html = admin_client.get(reverse("cleanups:run_detail", args=[run.pk])).content.decode()
+    assert "Items that would go" in html
+    assert "dry run: nothing was deleted" in html
+    listing = admin_client.get(runs_url(schedule)).content.decode()
+    assert "(dry run)" in listing
