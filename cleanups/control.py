@@ -55,6 +55,9 @@ class Outcome(enum.Enum):
     STARTED = "started"
     ALREADY_RUNNING = "already running"
     TERMINATED = "terminated"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    RUN_REQUESTED = "run requested"
     NOT_RUNNING = "not running"
     ENGINE_UNREACHABLE = "engine unreachable"
 
@@ -104,12 +107,15 @@ def terminate_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     return ControlOutcome(schedule, Outcome.TERMINATED, f"“{schedule}” terminated.")
 
 
-def start_orchestration(schedule: CleanupSchedule, *, fresh_start: bool) -> ControlOutcome:
+def start_orchestration(
+    schedule: CleanupSchedule, *, fresh_start: bool, trigger: str = "scheduled"
+) -> ControlOutcome:
     """Start the schedule's orchestration, continuing its iteration count.
 
-    A fresh start (the operator's) runs now and counts `max_iterations` from here; a restart
-    by the reconciler keeps the start's count and waits what is left until the next run.
-    Raises EngineUnavailable.
+    A fresh start (the operator's) counts `max_iterations` from here, anchors the fixed-rate
+    grid now (or at `start_at`) and runs at once (or at `start_at`). A restart by the
+    reconciler keeps all that and resumes at the planned next run, so a next run that is
+    already past is handled by the missed-run policy. Raises EngineUnavailable.
     """
     with engine_call():
         client = get_client()
@@ -124,15 +130,28 @@ def start_orchestration(schedule: CleanupSchedule, *, fresh_start: bool) -> Cont
         orchestration_input: dict[str, object] = {
             "schedule_id": schedule.pk,
             "iteration": iteration,
+            "trigger": trigger,
+            "max_retries": schedule.max_retries,
         }
         now = timezone.now()
         if fresh_start:
+            first_run = schedule.start_at if schedule.start_at and schedule.start_at > now else now
+            if schedule.cadence == CleanupSchedule.Cadence.CRON and trigger == "scheduled":
+                first_run = schedule.cadence_rule().next_after(max(first_run, now))
             schedule.start_iteration = iteration
-            schedule.next_run_at = now
+            schedule.next_run_at = first_run
+            schedule.anchor_at = first_run
             CleanupSchedule.objects.filter(pk=schedule.pk).update(
-                start_iteration=iteration, next_run_at=now
+                start_iteration=iteration,
+                next_run_at=first_run,
+                anchor_at=first_run,
+                status_reason="",
+                recover_attempts=0,
+                recovering_since=None,
             )
-        elif schedule.next_run_at and schedule.next_run_at > now:
+            if first_run > now:
+                orchestration_input["run_at"] = first_run.isoformat()
+        elif trigger == "scheduled" and schedule.next_run_at:
             orchestration_input["run_at"] = schedule.next_run_at.isoformat()
         try:
             client.schedule_new_orchestration(
@@ -151,6 +170,108 @@ def start_orchestration(schedule: CleanupSchedule, *, fresh_start: bool) -> Cont
             raise
     return ControlOutcome(
         schedule, Outcome.STARTED, f"“{schedule}” started at iteration {iteration}."
+    )
+
+
+def pause_schedule(schedule: CleanupSchedule) -> ControlOutcome:
+    """Suspend the schedule's orchestration; it keeps its place and resumes where it was."""
+    if schedule.desired_state == CleanupSchedule.DesiredState.STOPPED:
+        return ControlOutcome(schedule, Outcome.NOT_RUNNING, f"“{schedule}” is not running.")
+    now = timezone.now()
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(
+        desired_state=CleanupSchedule.DesiredState.PAUSED,
+        paused_at=now,
+        status_reason="Paused by an operator.",
+    )
+    schedule.desired_state = CleanupSchedule.DesiredState.PAUSED
+    try:
+        with engine_call():
+            client = get_client()
+            state = client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+            if state is not None and state.runtime_status in LIVE_STATUSES:
+                client.suspend_orchestration(schedule.instance_id, reason="paused by operator")
+    except EngineUnavailable:
+        return _unreachable(schedule, "paused")
+    return ControlOutcome(schedule, Outcome.PAUSED, f"“{schedule}” paused.")
+
+
+def resume_schedule(schedule: CleanupSchedule) -> ControlOutcome:
+    """Resume a paused schedule; slots missed while paused follow the missed-run policy."""
+    if schedule.desired_state != CleanupSchedule.DesiredState.PAUSED:
+        return ControlOutcome(schedule, Outcome.NOT_RUNNING, f"“{schedule}” is not paused.")
+    now = timezone.now()
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(
+        desired_state=CleanupSchedule.DesiredState.RUNNING,
+        resumed_at=now,
+        status_reason="",
+        consecutive_failures=0,
+        failure_notified=False,
+    )
+    schedule.desired_state = CleanupSchedule.DesiredState.RUNNING
+    schedule.resumed_at = now
+    try:
+        with engine_call():
+            client = get_client()
+            state = client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+            if state is not None and state.runtime_status == Status.SUSPENDED:
+                client.resume_orchestration(schedule.instance_id, reason="resumed by operator")
+            elif state is None or state.runtime_status not in LIVE_STATUSES:
+                # Paused by its failure streak (the loop ended) or lost: start it again.
+                start_orchestration(schedule, fresh_start=False)
+    except EngineUnavailable:
+        return _unreachable(schedule, "running")
+    return ControlOutcome(schedule, Outcome.RESUMED, f"“{schedule}” resumed.")
+
+
+def run_now(schedule: CleanupSchedule, user: str = "") -> ControlOutcome:
+    """One extra run right away, without moving the schedule's next run."""
+    if schedule.desired_state != CleanupSchedule.DesiredState.RUNNING:
+        return ControlOutcome(
+            schedule, Outcome.NOT_RUNNING, f"“{schedule}” is not running; start or resume it first."
+        )
+    try:
+        with engine_call():
+            client = get_client()
+            state = client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+            if state is None or state.runtime_status not in LIVE_STATUSES:
+                return ControlOutcome(
+                    schedule, Outcome.NOT_RUNNING, f"“{schedule}” has no live orchestration yet."
+                )
+            client.raise_orchestration_event(schedule.instance_id, "run_now", data={"by": user})
+    except EngineUnavailable:
+        return _unreachable(schedule, "running")
+    return ControlOutcome(schedule, Outcome.RUN_REQUESTED, f"“{schedule}”: run requested.")
+
+
+def restart_schedule(schedule: CleanupSchedule) -> ControlOutcome:
+    """Terminate the orchestration and start a fresh one (new history, the count going on)."""
+    _set_desired_state(schedule, CleanupSchedule.DesiredState.RUNNING)
+    try:
+        with engine_call():
+            client = get_client()
+            state = client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+            if state is not None and state.runtime_status in LIVE_STATUSES:
+                client.terminate_orchestration(
+                    schedule.instance_id, output="restarted by operator", recursive=False
+                )
+                client.wait_for_orchestration_completion(
+                    schedule.instance_id, fetch_payloads=False, timeout=30
+                )
+            schedule.refresh_from_db()
+            outcome = start_orchestration(schedule, fresh_start=False, trigger="restart")
+    except (EngineUnavailable, TimeoutError):
+        return _unreachable(schedule, "running")
+    if outcome.outcome is not Outcome.STARTED:
+        return outcome
+    return ControlOutcome(schedule, Outcome.STARTED, f"“{schedule}” restarted.")
+
+
+def _unreachable(schedule: CleanupSchedule, state: str) -> ControlOutcome:
+    return ControlOutcome(
+        schedule,
+        Outcome.ENGINE_UNREACHABLE,
+        f"“{schedule}”: engine unreachable. Recorded as {state}; the worker catches up when "
+        "the engine is back.",
     )
 
 

@@ -6,23 +6,46 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import OuterRef, Subquery
 from django.urls import reverse
 
+from cleanups import cadence
 from cleanups.registry import get_task, task_choices
 
 if TYPE_CHECKING:
     from cleanups.control import ControlOutcome
 
 INSTANCE_ID_PREFIX = "cleanup-schedule-"
+
+
+def _default_timezone() -> str:
+    from django.conf import settings
+
+    return settings.TIME_ZONE
+
+
+def _is_timezone(name: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 MIN_INTERVAL = timedelta(seconds=1)
 
 
 class ScheduleQuerySet(models.QuerySet["CleanupSchedule"]):
     def should_run(self) -> ScheduleQuerySet:
         return self.filter(desired_state=CleanupSchedule.DesiredState.RUNNING)
+
+    def alive(self) -> ScheduleQuerySet:
+        """Schedules whose orchestration should exist: running or paused."""
+        return self.exclude(desired_state=CleanupSchedule.DesiredState.STOPPED)
 
     def with_last_run(self) -> ScheduleQuerySet:
         """Annotate the newest run's status and start time (two subqueries, not a query per row)."""
@@ -38,7 +61,17 @@ class CleanupSchedule(models.Model):
 
     class DesiredState(models.TextChoices):
         RUNNING = "running", "Running"
+        PAUSED = "paused", "Paused"
         STOPPED = "stopped", "Stopped"
+
+    class Cadence(models.TextChoices):
+        FIXED_DELAY = cadence.FIXED_DELAY, "Fixed delay (wait the interval after each run ends)"
+        FIXED_RATE = cadence.FIXED_RATE, "Fixed rate (start on a grid: start + k × interval)"
+        CRON = cadence.CRON, "Cron expression"
+
+    class MissedRuns(models.TextChoices):
+        RUN_ONCE = "run_once", "Run once to catch up, then back on the grid"
+        SKIP = "skip", "Skip to the next slot"
 
     name = models.CharField(max_length=100, unique=True)
     task = models.CharField(
@@ -52,10 +85,47 @@ class CleanupSchedule(models.Model):
         blank=True,
         help_text='Parameters for the task as a JSON object, e.g. {"seconds": 5} for sample.',
     )
+    cadence = models.CharField(max_length=12, choices=Cadence.choices, default=Cadence.FIXED_DELAY)
     interval = models.DurationField(
         validators=[MinValueValidator(MIN_INTERVAL)],
-        help_text="Time between the end of one run and the start of the next (at least 1 second), "
-        "e.g. 00:05:00 for five minutes.",
+        help_text="Fixed delay: the time between the end of one run and the start of the next. "
+        "Fixed rate: the grid's step. At least 1 second, e.g. 00:05:00 for five minutes.",
+    )
+    cron = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text='Cron cadence: a standard 5-field expression, e.g. "30 2 * * *" (02:30 daily).',
+    )
+    timezone = models.CharField(
+        max_length=64,
+        default=_default_timezone,
+        help_text="Cron cadence: the IANA time zone the expression is read in.",
+    )
+    start_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="No run before this time (and the fixed-rate grid's anchor).",
+    )
+    end_at = models.DateTimeField(
+        null=True, blank=True, help_text="The schedule completes after this time."
+    )
+    missed_runs = models.CharField(
+        max_length=10,
+        choices=MissedRuns.choices,
+        default=MissedRuns.RUN_ONCE,
+        help_text="What to do with slots missed while the worker was down, paused, or a run overran.",
+    )
+    max_retries = models.PositiveSmallIntegerField(
+        default=0,
+        validators=[MaxValueValidator(10)],
+        help_text="Retry a failed cleanup this many times (with backoff) before the run counts as failed.",
+    )
+    pause_after_failures = models.PositiveIntegerField(
+        default=0, help_text="Pause the schedule after this many failed runs in a row (0: never)."
+    )
+    notify_email = models.EmailField(
+        blank=True,
+        help_text="Where to send a failure notice (once per streak). Blank: the site's ADMINS.",
     )
     dry_run = models.BooleanField(
         default=False,
@@ -88,6 +158,19 @@ class CleanupSchedule(models.Model):
         default=1, editable=False, help_text="The first iteration of the current start."
     )
     next_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    anchor_at = models.DateTimeField(
+        null=True, editable=False, help_text="The fixed-rate grid's origin: when this start began."
+    )
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    failure_notified = models.BooleanField(default=False, editable=False)
+    status_reason = models.CharField(
+        max_length=300, blank=True, editable=False, help_text="Why the schedule is as it is."
+    )
+    paused_at = models.DateTimeField(null=True, editable=False)
+    resumed_at = models.DateTimeField(null=True, editable=False)
+    recovering_since = models.DateTimeField(null=True, editable=False)
+    recover_attempts = models.PositiveIntegerField(default=0, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -121,6 +204,19 @@ class CleanupSchedule(models.Model):
                 errors.setdefault("params", []).extend(error.messages)
         if self.interval is not None and self.interval < MIN_INTERVAL:
             errors.setdefault("interval", []).append("The interval must be at least 1 second.")
+        if self.cadence == cadence.CRON:
+            if not self.cron:
+                errors.setdefault("cron", []).append("A cron cadence needs a cron expression.")
+            elif not cadence.cron_is_valid(self.cron):
+                errors.setdefault("cron", []).append(
+                    f'{self.cron!r} is not a valid 5-field cron expression (e.g. "*/15 * * * *").'
+                )
+        if not _is_timezone(self.timezone):
+            errors.setdefault("timezone", []).append(
+                f"{self.timezone!r} is not an IANA time zone such as Europe/Berlin."
+            )
+        if self.start_at and self.end_at and self.end_at <= self.start_at:
+            errors.setdefault("end_at", []).append("The end must come after the start.")
         if self.max_iterations is not None and self.max_iterations < 1:
             errors.setdefault("max_iterations", []).append(
                 "Leave blank to run forever, or give at least 1."
@@ -134,6 +230,36 @@ class CleanupSchedule(models.Model):
     @property
     def is_running(self) -> bool:
         return self.desired_state == self.DesiredState.RUNNING
+
+    @property
+    def is_alive(self) -> bool:
+        """Running or paused: its orchestration should exist."""
+        return self.desired_state != self.DesiredState.STOPPED
+
+    def cadence_rule(self) -> cadence.Cadence:
+        return cadence.Cadence(
+            kind=self.cadence,
+            interval=self.interval,
+            anchor=self.anchor_at or self.start_at,
+            cron=self.cron,
+            timezone=self.timezone,
+        )
+
+    def snapshot(self) -> dict[str, object]:
+        """The configuration a run ran with, kept on the run record."""
+        return {
+            "task": self.task,
+            "params": self.params,
+            "dry_run": self.dry_run,
+            "cadence": self.cadence,
+            "interval": self.interval.total_seconds(),
+            "cron": self.cron,
+            "timezone": self.timezone,
+            "max_iterations": self.max_iterations,
+            "missed_runs": self.missed_runs,
+            "max_retries": self.max_retries,
+            "pause_after_failures": self.pause_after_failures,
+        }
 
     def next_iteration(self) -> int:
         """The iteration after the newest one recorded, so numbering goes on across starts."""
@@ -173,10 +299,25 @@ class CleanupRun(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
         INTERRUPTED = "interrupted", "Interrupted"
+        SKIPPED = "skipped", "Skipped"
+
+    class Trigger(models.TextChoices):
+        SCHEDULED = "scheduled", "Scheduled"
+        MANUAL = "manual", "Manual (run now)"
+        CATCH_UP = "catch_up", "Catch-up"
+        RESTART = "restart", "Restart"
 
     schedule = models.ForeignKey(CleanupSchedule, on_delete=models.CASCADE, related_name="runs")
     iteration = models.PositiveIntegerField()
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.RUNNING)
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.SCHEDULED)
+    triggered_by = models.CharField(max_length=150, blank=True, help_text="Who asked (run now).")
+    reason = models.CharField(
+        max_length=20, blank=True, help_text="Skipped runs: worker down, overran or paused."
+    )
+    config = models.JSONField(
+        default=dict, blank=True, help_text="The schedule's configuration this run ran with."
+    )
     task = models.CharField(max_length=100, help_text="The task this run executed.")
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -117,6 +117,11 @@ CLEANUP_ALLOWED_DIRS = env.list("CLEANUP_ALLOWED_DIRS", default=[])
 # A long cleanup runs in parts of about this many seconds each, so its progress reaches the
 # orchestration's custom status and a lost worker costs at most one part.
 CLEANUP_PART_SECONDS = env.float("CLEANUP_PART_SECONDS", default=20.0)
+# A scheduled run that starts more than this late has missed its slot (missed-run policy).
+MISSED_RUN_GRACE_SECONDS = env.float("MISSED_RUN_GRACE_SECONDS", default=2.0)
+# A failed orchestration (not a failed cleanup) is restarted after 5 s, 10 s, 20 s... at most this.
+RECOVERY_BACKOFF_MAX_SECONDS = env.float("RECOVERY_BACKOFF_MAX_SECONDS", default=300.0)
+
 # Purging a task hub can take longer than an ordinary engine call.
 PURGE_CALL_TIMEOUT = env.float("PURGE_CALL_TIMEOUT", default=300.0)
 

@@ -9,11 +9,12 @@ import socket
 import time
 import traceback
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.mail import mail_admins, send_mail
 from django.db import connections, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -23,6 +24,13 @@ from cleanups.models import CleanupRun, CleanupSchedule
 from cleanups.registry import CleanupContext, get_task
 
 logger = logging.getLogger("cleanups.runs")
+Status = CleanupRun.Status
+Trigger = CleanupRun.Trigger
+RETRY_FIRST_SECONDS = 1.0
+
+
+class RetryableCleanupError(Exception):
+    """A cleanup failed and has retries left: raised so the engine's retry policy runs it again."""
 
 
 @functools.cache
@@ -31,15 +39,30 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def _closing_connections(function: Any) -> Any:
+    @functools.wraps(function)
+    def activity(ctx: task.ActivityContext, input: Any) -> Any:
+        try:
+            return function(ctx, input)
+        finally:
+            # Activities run on the SDK's thread pool; a connection left open per thread leaks.
+            connections.close_all()
+
+    return activity
+
+
+@_closing_connections
 def run_cleanup(ctx: task.ActivityContext, input: dict[str, Any]) -> dict[str, Any]:
     """Run (a part of) one iteration of a schedule and record it; say what comes next."""
-    try:
-        return execute_iteration(
-            int(input["schedule_id"]), int(input["iteration"]), int(input.get("part", 0))
-        )
-    finally:
-        # Activities run on the SDK's thread pool; a connection left open per thread leaks.
-        connections.close_all()
+    return execute_iteration(
+        int(input["schedule_id"]),
+        int(input["iteration"]),
+        int(input.get("part", 0)),
+        trigger=input.get("trigger") or Trigger.SCHEDULED,
+        triggered_by=input.get("triggered_by") or "",
+        planned_at=input.get("planned_at"),
+        max_retries=int(input.get("max_retries", 0)),
+    )
 
 
 def sample_cleanup(ctx: task.ActivityContext, counter: Any) -> dict[str, Any]:
@@ -58,18 +81,41 @@ def _stop(iteration: int, reason: str, status: str = "") -> dict[str, Any]:
     }
 
 
-def execute_iteration(schedule_id: int, iteration: int, part: int = 0) -> dict[str, Any]:
+def execute_iteration(
+    schedule_id: int,
+    iteration: int,
+    part: int = 0,
+    *,
+    trigger: str = Trigger.SCHEDULED,
+    triggered_by: str = "",
+    planned_at: str | None = None,
+    max_retries: int = 0,
+) -> dict[str, Any]:
     schedule = CleanupSchedule.objects.filter(pk=schedule_id).first()
     if schedule is None:
         return _stop(iteration, "schedule deleted")
-    if not schedule.is_running:
+    if not schedule.is_alive:
         if part:
             _abandon_run(
                 schedule_id, iteration, "The schedule was stopped before the run finished."
             )
         return _stop(iteration, "schedule stopped")
+    if part == 0 and schedule.end_at and timezone.now() >= schedule.end_at:
+        CleanupSchedule.objects.filter(pk=schedule_id).update(
+            desired_state=CleanupSchedule.DesiredState.STOPPED,
+            next_run_at=None,
+            status_reason=f"Completed: past its end ({schedule.end_at.isoformat()}).",
+        )
+        return _stop(iteration, "end_at reached")
 
-    run = _begin_run(schedule, iteration, part)
+    if part == 0 and trigger == Trigger.SCHEDULED and planned_at:
+        plan = _handle_missed_slots(schedule, iteration, datetime.fromisoformat(planned_at))
+        if plan is not None:
+            if plan.get("skip"):
+                return plan["result"]
+            iteration, trigger = plan["iteration"], Trigger.CATCH_UP
+
+    run = _begin_run(schedule, iteration, part, trigger, triggered_by)
     # A dry run only reads, so it runs in one part (a resumed count would count twice).
     deadline = None if run.dry_run else time.monotonic() + settings.CLEANUP_PART_SECONDS
     cleanup = CleanupContext({}, dry_run=run.dry_run, run=run, deadline=deadline)
@@ -82,14 +128,14 @@ def execute_iteration(schedule_id: int, iteration: int, part: int = 0) -> dict[s
             )
         cleanup.params = task_spec.clean_params(schedule.params)
         message = task_spec.function(cleanup) or ""
-        status = CleanupRun.Status.SUCCEEDED
+        status = Status.SUCCEEDED
     except Exception as exc:  # a failing cleanup is a failed run, never a failed loop
-        status = CleanupRun.Status.FAILED
+        status = Status.FAILED
         detail = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
         error = f"{type(exc).__name__}: {detail}"
         tb = traceback.format_exc()
 
-    if status == CleanupRun.Status.SUCCEEDED and cleanup.unfinished:
+    if status == Status.SUCCEEDED and cleanup.unfinished:
         CleanupRun.objects.filter(pk=run.pk).update(message=message)
         return {
             "continue": True,
@@ -98,6 +144,18 @@ def execute_iteration(schedule_id: int, iteration: int, part: int = 0) -> dict[s
             "items": cleanup.items,
             "iteration": iteration,
         }
+    if status == Status.FAILED and run.attempts <= max_retries:
+        # The engine's retry policy runs this iteration again; its record is reused.
+        CleanupRun.objects.filter(pk=run.pk).update(error=error, traceback=tb)
+        logger.info(
+            "run schedule=%s iteration=%d failed (attempt %d of %d), retrying: %s",
+            schedule.name,
+            iteration,
+            run.attempts,
+            max_retries + 1,
+            error,
+        )
+        raise RetryableCleanupError(error)
 
     finished = timezone.now()
     run.status = status
@@ -108,18 +166,99 @@ def execute_iteration(schedule_id: int, iteration: int, part: int = 0) -> dict[s
     run.traceback = tb
     run.save(update_fields=["status", "finished_at", "duration", "message", "error", "traceback"])
     logger.info(
-        "run schedule=%s iteration=%d status=%s duration=%.3fs items_deleted=%d%s",
+        "run schedule=%s iteration=%d status=%s duration=%.3fs items_deleted=%d trigger=%s%s",
         schedule.name,
         iteration,
         status,
         run.duration.total_seconds(),
         run.items_deleted,
+        run.trigger,
         " dry_run" if run.dry_run else "",
     )
-    return _plan_next(schedule_id, iteration, status, finished)
+    return _plan_next(schedule_id, iteration, run, planned_at)
 
 
-def _begin_run(schedule: CleanupSchedule, iteration: int, part: int) -> CleanupRun:
+def _handle_missed_slots(
+    schedule: CleanupSchedule, iteration: int, planned: datetime
+) -> dict[str, Any] | None:
+    """Apply the missed-run policy when a scheduled run starts late; None if nothing was missed.
+
+    Idempotent: a redelivery finds the skipped row it wrote and makes the same decision.
+    """
+    existing = CleanupRun.objects.filter(schedule=schedule, iteration=iteration).first()
+    if existing is not None and existing.status != Status.SKIPPED:
+        return None  # a redelivery of the run itself
+    now = timezone.now()
+    rule = schedule.cadence_rule()
+    if existing is None:
+        if now - planned <= rule_grace():
+            return None  # on time, give or take a timer's lateness
+        # Slots due in [planned, now]: the planned one plus every later one already past.
+        missed = 1 + rule.slots_between(planned, now)
+        run_once = schedule.missed_runs == CleanupSchedule.MissedRuns.RUN_ONCE
+        skipped = missed - 1 if run_once else missed
+        if skipped == 0:
+            return {"iteration": iteration}
+        reason = _why_missed(schedule, iteration, planned)
+        existing, _ = CleanupRun.objects.get_or_create(
+            schedule=schedule,
+            iteration=iteration,
+            defaults={
+                "status": Status.SKIPPED,
+                "task": schedule.task,
+                "started_at": planned,
+                "finished_at": now,
+                "reason": reason,
+                "message": f"{skipped} slot(s) missed ({reason}) between "
+                f"{planned.isoformat(timespec='seconds')} and {now.isoformat(timespec='seconds')}.",
+                "details": {"slots": skipped},
+                "config": schedule.snapshot(),
+                "worker": worker_id(),
+            },
+        )
+        CleanupSchedule.objects.filter(pk=schedule.pk, current_iteration__lt=iteration).update(
+            current_iteration=iteration
+        )
+    if schedule.missed_runs == CleanupSchedule.MissedRuns.RUN_ONCE:
+        return {"iteration": iteration + 1}
+    next_run_at = rule.next_after(existing.finished_at or now, existing.finished_at or now)
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(next_run_at=next_run_at)
+    return {
+        "skip": True,
+        "result": {
+            "continue": True,
+            "reason": "",
+            "status": Status.SKIPPED,
+            "iteration": iteration,
+            "next_iteration": iteration + 1,
+            "next_run_at": next_run_at.isoformat(),
+            "max_retries": schedule.max_retries,
+        },
+    }
+
+
+def rule_grace() -> timedelta:
+    """How late a timer may fire before its slot counts as missed."""
+    return timedelta(seconds=settings.MISSED_RUN_GRACE_SECONDS)
+
+
+def _why_missed(schedule: CleanupSchedule, iteration: int, planned: datetime) -> str:
+    if schedule.resumed_at and schedule.resumed_at >= planned:
+        return "paused"
+    previous = (
+        CleanupRun.objects.filter(schedule=schedule, iteration__lt=iteration)
+        .exclude(status=Status.SKIPPED)
+        .order_by("-iteration")
+        .first()
+    )
+    if previous and previous.finished_at and previous.finished_at > planned:
+        return "overran"
+    return "worker down"
+
+
+def _begin_run(
+    schedule: CleanupSchedule, iteration: int, part: int, trigger: str, triggered_by: str
+) -> CleanupRun:
     now = timezone.now()
     with transaction.atomic():
         run, created = CleanupRun.objects.get_or_create(
@@ -130,22 +269,23 @@ def _begin_run(schedule: CleanupSchedule, iteration: int, part: int) -> CleanupR
                 "dry_run": schedule.dry_run,
                 "started_at": now,
                 "worker": worker_id(),
+                "trigger": trigger,
+                "triggered_by": triggered_by,
+                "config": schedule.snapshot(),
             },
         )
         if not created:
             changes: dict[str, Any] = {
-                "status": CleanupRun.Status.RUNNING,
+                "status": Status.RUNNING,
                 "finished_at": None,
                 "duration": None,
-                "error": "",
-                "traceback": "",
                 "worker": worker_id(),
             }
             if part == 0:
-                # A redelivery: this iteration's record is reused, never duplicated. Counts
-                # stay: they were committed with the rows they describe (a dry run deleted
-                # nothing, so its count starts again).
-                changes.update(attempts=F("attempts") + 1, task=schedule.task, started_at=now)
+                # A redelivery or a retry: this iteration's record is reused, never duplicated.
+                # Counts stay: they were committed with the rows they describe (a dry run
+                # deleted nothing, so its count starts again).
+                changes.update(attempts=F("attempts") + 1, task=schedule.task)
                 if run.dry_run:
                     changes.update(items_deleted=0, details={})
             else:
@@ -160,28 +300,89 @@ def _begin_run(schedule: CleanupSchedule, iteration: int, part: int) -> CleanupR
 
 def _abandon_run(schedule_id: int, iteration: int, reason: str) -> None:
     CleanupRun.objects.filter(
-        schedule_id=schedule_id, iteration=iteration, status=CleanupRun.Status.RUNNING
-    ).update(status=CleanupRun.Status.INTERRUPTED, finished_at=timezone.now(), error=reason)
+        schedule_id=schedule_id, iteration=iteration, status=Status.RUNNING
+    ).update(status=Status.INTERRUPTED, finished_at=timezone.now(), error=reason)
 
 
-def _plan_next(schedule_id: int, iteration: int, status: str, finished: datetime) -> dict[str, Any]:
+def _plan_next(
+    schedule_id: int, iteration: int, run: CleanupRun, planned_at: str | None
+) -> dict[str, Any]:
     # Read the schedule again: an operator may have edited or stopped it during the run.
     schedule = CleanupSchedule.objects.filter(pk=schedule_id).first()
+    status = run.status
     if schedule is None:
         return _stop(iteration, "schedule deleted", status)
-    if not schedule.is_running:
+    if not schedule.is_alive:
         return _stop(iteration, "schedule stopped", status)
-    if not schedule.iterations_left(iteration):
+    paused_reason = _count_failure(schedule, run)
+    if paused_reason:
+        return _stop(iteration, paused_reason, status)
+    if run.trigger != Trigger.MANUAL and not schedule.iterations_left(iteration):
         CleanupSchedule.objects.filter(pk=schedule_id).update(
-            desired_state=CleanupSchedule.DesiredState.STOPPED, next_run_at=None
+            desired_state=CleanupSchedule.DesiredState.STOPPED,
+            next_run_at=None,
+            status_reason="Completed: iteration limit reached.",
         )
         return _stop(iteration, "iteration limit reached", status)
-    next_run_at = finished + schedule.interval
-    CleanupSchedule.objects.filter(pk=schedule_id).update(next_run_at=next_run_at)
+    if run.trigger == Trigger.MANUAL and planned_at:
+        next_run_at = datetime.fromisoformat(planned_at)  # a manual run moves nothing
+    else:
+        next_run_at = schedule.cadence_rule().next_after(run.started_at, run.finished_at)
+    if schedule.start_at and next_run_at < schedule.start_at:
+        next_run_at = schedule.start_at
+    healed = {"recovering_since": None, "recover_attempts": 0} if schedule.recovering_since else {}
+    CleanupSchedule.objects.filter(pk=schedule_id).update(next_run_at=next_run_at, **healed)
     return {
         "continue": True,
         "reason": "",
         "status": status,
         "iteration": iteration,
+        "next_iteration": iteration + 1,
         "next_run_at": next_run_at.isoformat(),
+        "max_retries": schedule.max_retries,
     }
+
+
+def _count_failure(schedule: CleanupSchedule, run: CleanupRun) -> str:
+    """Track the failure streak; notify once per streak; pause if asked. The pause reason."""
+    if run.status != Status.FAILED:
+        if schedule.consecutive_failures or schedule.failure_notified:
+            CleanupSchedule.objects.filter(pk=schedule.pk).update(
+                consecutive_failures=0, failure_notified=False
+            )
+        return ""
+    with transaction.atomic():
+        fresh = CleanupSchedule.objects.select_for_update().get(pk=schedule.pk)
+        fresh.consecutive_failures += 1
+        notify = not fresh.failure_notified
+        fresh.failure_notified = True
+        pause = bool(
+            fresh.pause_after_failures and fresh.consecutive_failures >= fresh.pause_after_failures
+        )
+        fields = ["consecutive_failures", "failure_notified"]
+        reason = ""
+        if pause:
+            reason = f"Paused after {fresh.consecutive_failures} failed runs in a row."
+            fresh.desired_state = CleanupSchedule.DesiredState.PAUSED
+            fresh.status_reason = reason
+            fresh.paused_at = timezone.now()
+            fields += ["desired_state", "status_reason", "paused_at"]
+        fresh.save(update_fields=fields)
+    if notify:
+        _notify_failure(fresh, run)
+    return reason
+
+
+def _notify_failure(schedule: CleanupSchedule, run: CleanupRun) -> None:
+    subject = f"Cleanup schedule “{schedule.name}” failed (iteration {run.iteration})"
+    body = (
+        f"The cleanup task {run.task!r} failed:\n\n{run.error}\n\n{run.traceback}\n"
+        "You get this once per streak of failures; the next success resets it."
+    )
+    try:
+        if schedule.notify_email:
+            send_mail(subject, body, None, [schedule.notify_email])
+        else:
+            mail_admins(subject, body)
+    except Exception as error:  # a mail server being down must not stop the schedule
+        logger.warning("could not send the failure notice for %s: %s", schedule.name, error)

@@ -1,8 +1,8 @@
 """The eternal orchestration. Deterministic: no database, clock, randomness or I/O here.
 
-Everything the loop needs to know about its schedule (what to wait, whether to go on) comes
-back from the cleanup activity, so it is recorded in history and an admin edit applies from
-the next iteration without a restart.
+Everything the loop needs to know about its schedule (when the next run is, whether to go
+on, how often to retry) comes back from the cleanup activity, so it is recorded in history and
+an admin edit applies from the next iteration without a restart.
 """
 
 from __future__ import annotations
@@ -15,49 +15,84 @@ from durabletask import task
 from cleanups.durable import activities
 
 SAMPLE_LAST_ITERATION = 5  # the sample's loop: five iterations, then complete
+RUN_NOW_EVENT = "run_now"
 
 
 def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
-    """Run a schedule's cleanup, wait on a durable timer, continue as new with the next iteration."""
+    """Wait for the next run (or a "run now" event), run the cleanup, continue as new."""
     if not isinstance(input, dict):
         return (yield from _sample_loop(ctx, input))
 
     schedule_id = input["schedule_id"]
     iteration = input["iteration"]
-    if run_at := input.get("run_at"):
-        # A restarted schedule waits only what was left until its next run.
-        fire_at = _naive_utc(run_at)
-        if fire_at > ctx.current_utc_datetime:
-            yield ctx.create_timer(fire_at)
+    run_at = input.get("run_at")
+    trigger = input.get("trigger", "scheduled")
+    triggered_by = ""
+    if run_at and _naive_utc(run_at) > ctx.current_utc_datetime:
+        ctx.set_custom_status({"iteration": iteration, "state": "waiting", "next_run_at": run_at})
+        timer = ctx.create_timer(_naive_utc(run_at))
+        run_now = ctx.wait_for_external_event(RUN_NOW_EVENT)
+        winner = yield task.when_any([timer, run_now])
+        if winner is run_now:
+            # An extra run right away; the schedule's own next run stays where it was.
+            trigger, triggered_by = "manual", (run_now.get_result() or {}).get("by", "")
 
     ctx.set_custom_status({"iteration": iteration, "state": "running", "items_so_far": 0})
-    step = {"schedule_id": schedule_id, "iteration": iteration, "part": 0}
-    result = yield ctx.call_activity(activities.run_cleanup, input=step)
+    step = {
+        "schedule_id": schedule_id,
+        "iteration": iteration,
+        "part": 0,
+        "trigger": trigger,
+        "triggered_by": triggered_by,
+        "planned_at": run_at,
+        "max_retries": input.get("max_retries", 0),
+    }
+    retry = _retry_policy(input.get("max_retries", 0))
+    result = yield ctx.call_activity(activities.run_cleanup, input=step, retry_policy=retry)
     while result.get("more"):
         # A long cleanup resumes in parts; each part's progress shows in the custom status.
         ctx.set_custom_status(
             {"iteration": iteration, "state": "running", "items_so_far": result["items"]}
         )
         step = {**step, "part": result["part"]}
-        result = yield ctx.call_activity(activities.run_cleanup, input=step)
+        result = yield ctx.call_activity(activities.run_cleanup, input=step, retry_policy=retry)
+
     if not result["continue"]:
         ctx.set_custom_status(
             {"iteration": iteration, "state": "finished", "reason": result["reason"]}
         )
         return {"iterations": iteration, "reason": result["reason"]}
 
-    next_run_at = result["next_run_at"]
     ctx.set_custom_status(
         {
             "iteration": iteration,
             "state": "waiting",
             "last_status": result["status"],
-            "next_run_at": next_run_at,
+            "next_run_at": result["next_run_at"],
         }
     )
-    yield ctx.create_timer(_naive_utc(next_run_at))
-    ctx.continue_as_new({"schedule_id": schedule_id, "iteration": iteration + 1})
+    # save_events: a "run now" that arrived during this run is kept for the next generation.
+    ctx.continue_as_new(
+        {
+            "schedule_id": schedule_id,
+            "iteration": result.get("next_iteration", iteration + 1),
+            "run_at": result["next_run_at"],
+            "max_retries": result.get("max_retries", 0),
+        },
+        save_events=True,
+    )
     return None
+
+
+def _retry_policy(max_retries: int) -> task.RetryPolicy | None:
+    if not max_retries:
+        return None
+    return task.RetryPolicy(
+        first_retry_interval=timedelta(seconds=activities.RETRY_FIRST_SECONDS),
+        max_number_of_attempts=max_retries + 1,
+        backoff_coefficient=2.0,
+        max_retry_interval=timedelta(minutes=5),
+    )
 
 
 def _sample_loop(ctx: task.OrchestrationContext, counter: Any) -> Any:

@@ -11,13 +11,16 @@ import os
 import socket
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import DatabaseError, connections
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.utils import timezone
+from durabletask.client import OrchestrationState
 
 from cleanups.control import (
     LIVE_STATUSES,
     EngineUnavailable,
+    Status,
     fetch_runtime_states,
     start_orchestration,
 )
@@ -48,6 +51,7 @@ class Reconciler:
         self.hostname = socket.gethostname()
         self.started_at = timezone.now()
         self._engine_was_down = False
+        self.backoff_cap = settings.RECOVERY_BACKOFF_MAX_SECONDS
 
     def tick(self) -> None:
         """One pass: heartbeat, dead workers' runs, then engine versus database."""
@@ -111,6 +115,9 @@ class Reconciler:
             # Read again just before acting: an operator may have stopped it meanwhile.
             if not CleanupSchedule.objects.should_run().filter(pk=schedule.pk).exists():
                 continue
+            failed = state is not None and state.runtime_status == Status.FAILED
+            if failed and not self._due_for_recovery(schedule, state):
+                continue
             why = "missing" if state is None else str(state.runtime_status).lower()
             try:
                 outcome = start_orchestration(schedule, fresh_start=False)
@@ -120,11 +127,9 @@ class Reconciler:
                 "reconciler: schedule %s had %s orchestration: %s", schedule, why, outcome.message
             )
 
-        wanted_running = set(
-            CleanupSchedule.objects.should_run().values_list("instance_id", flat=True)
-        )
+        wanted_alive = set(CleanupSchedule.objects.alive().values_list("instance_id", flat=True))
         for instance_id, state in states.items():
-            if state.runtime_status in LIVE_STATUSES and instance_id not in wanted_running:
+            if state.runtime_status in LIVE_STATUSES and instance_id not in wanted_alive:
                 logger.info("reconciler: terminating %s (schedule stopped or deleted)", instance_id)
                 try:
                     get_client().terminate_orchestration(
@@ -132,6 +137,24 @@ class Reconciler:
                     )
                 except Exception as error:  # keep reconciling the rest
                     logger.warning("reconciler: could not terminate %s: %s", instance_id, error)
+
+    def _due_for_recovery(self, schedule: CleanupSchedule, state: OrchestrationState) -> bool:
+        """A failed orchestration (a bug, a lost activity: not a failed cleanup) is recorded
+        and started again after 5 s, 10 s, 20 s ... (capped), while the admin says recovering."""
+        now = timezone.now()
+        if schedule.recovering_since is not None:
+            wait = min(5.0 * 2 ** max(schedule.recover_attempts - 1, 0), self.backoff_cap)
+            if now < schedule.recovering_since + timedelta(seconds=wait):
+                return False
+        error = state.failure_details.message if state.failure_details else "unknown failure"
+        CleanupSchedule.objects.filter(pk=schedule.pk).update(
+            recovering_since=now,
+            recover_attempts=F("recover_attempts") + 1,
+            last_error=f"Orchestration failed: {error}",
+            status_reason="Recovering: the orchestration failed and is being restarted.",
+        )
+        logger.warning("reconciler: orchestration of %s failed (%s); restarting", schedule, error)
+        return True
 
     def shutdown(self) -> None:
         """A clean stop: our unfinished runs are interrupted, our heartbeat goes away."""
