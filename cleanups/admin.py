@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.models import LogEntry
 from django.contrib.admin.views.main import ChangeList
+from django.contrib.contenttypes.models import ContentType
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -14,6 +16,8 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from cleanups import control
+from cleanups.cadence import preview_times
 from cleanups.control import (
     ControlOutcome,
     EngineUnavailable,
@@ -39,6 +43,9 @@ _MESSAGE_LEVELS = {
     Outcome.ALREADY_RUNNING: messages.INFO,
     Outcome.NOT_RUNNING: messages.INFO,
     Outcome.ENGINE_UNREACHABLE: messages.WARNING,
+    Outcome.PAUSED: messages.SUCCESS,
+    Outcome.RESUMED: messages.SUCCESS,
+    Outcome.RUN_REQUESTED: messages.SUCCESS,
 }
 
 
@@ -50,6 +57,26 @@ def start_schedules(queryset: QuerySet[CleanupSchedule]) -> list[ControlOutcome]
 def terminate_schedules(queryset: QuerySet[CleanupSchedule]) -> list[ControlOutcome]:
     """Terminate every schedule in the queryset; what happened to each."""
     return [schedule.terminate() for schedule in queryset]
+
+
+def pause_schedules(queryset: QuerySet[CleanupSchedule]) -> list[ControlOutcome]:
+    """Suspend every schedule's orchestration in the queryset."""
+    return [control.pause_schedule(schedule) for schedule in queryset]
+
+
+def resume_schedules(queryset: QuerySet[CleanupSchedule]) -> list[ControlOutcome]:
+    """Resume every paused schedule in the queryset (missed slots follow its policy)."""
+    return [control.resume_schedule(schedule) for schedule in queryset]
+
+
+def run_schedules_now(queryset: QuerySet[CleanupSchedule], user: str) -> list[ControlOutcome]:
+    """One extra run of every schedule in the queryset, recorded as manual by ``user``."""
+    return [control.run_now(schedule, user) for schedule in queryset]
+
+
+def restart_schedules(queryset: QuerySet[CleanupSchedule]) -> list[ControlOutcome]:
+    """Terminate and start afresh every schedule in the queryset."""
+    return [control.restart_schedule(schedule) for schedule in queryset]
 
 
 class ScheduleChangeList(ChangeList):
@@ -71,11 +98,13 @@ class ScheduleChangeList(ChangeList):
             )
             states = None
         for schedule in self.result_list:
-            schedule.runtime_status_label = (
-                ENGINE_UNREACHABLE
-                if states is None
-                else runtime_status_label(states.get(schedule.instance_id))
-            )
+            if states is None:
+                label = ENGINE_UNREACHABLE
+            else:
+                label = runtime_status_label(states.get(schedule.instance_id))
+            if schedule.recovering_since:
+                label = f"recovering ({schedule.last_error})"
+            schedule.runtime_status_label = label
 
 
 def _status_badge(status: str, label: str) -> SafeString:
@@ -99,29 +128,71 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
     ]
     list_filter = ["desired_state", "task"]
     search_fields = ["name"]
-    actions = ["start_schedules", "terminate_schedules"]
+    actions = [
+        "start_schedules",
+        "pause_schedules",
+        "resume_schedules",
+        "run_now",
+        "restart_schedules",
+        "terminate_schedules",
+    ]
     readonly_fields = [
+        "upcoming_runs",
         "desired_state",
+        "status_reason",
+        "last_error",
         "instance_id",
         "current_iteration",
         "start_iteration",
+        "consecutive_failures",
         "next_run_at",
         "created_at",
         "updated_at",
         "run_history",
+        "recent_changes",
     ]
     fieldsets = [
-        (None, {"fields": ["name", "task", "params", "dry_run", "interval", "max_iterations"]}),
+        (None, {"fields": ["name", "task", "params", "dry_run"]}),
+        (
+            "Cadence",
+            {
+                "fields": [
+                    "cadence",
+                    "interval",
+                    "cron",
+                    "timezone",
+                    "start_at",
+                    "end_at",
+                    "upcoming_runs",
+                ]
+            },
+        ),
+        (
+            "Limits, missed runs and failures",
+            {
+                "fields": [
+                    "max_iterations",
+                    "missed_runs",
+                    "max_retries",
+                    "pause_after_failures",
+                    "notify_email",
+                ]
+            },
+        ),
         (
             "State",
             {
                 "fields": [
                     "desired_state",
+                    "status_reason",
+                    "last_error",
                     "instance_id",
                     "current_iteration",
                     "start_iteration",
+                    "consecutive_failures",
                     "next_run_at",
                     "run_history",
+                    "recent_changes",
                     "created_at",
                     "updated_at",
                 ]
@@ -131,10 +202,48 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ["cleanups/cleanups.css"]}
+        js = ["cleanups/schedule_form.js"]
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         # A schedule being added has no state yet: show only what the operator fills in.
-        return self.fieldsets if obj is not None else self.fieldsets[:1]
+        return self.fieldsets if obj is not None else self.fieldsets[:3]
+
+    @admin.display(description="Next five runs")
+    def upcoming_runs(self, schedule: CleanupSchedule) -> str:
+        times: list[str] = []
+        if schedule.pk is not None:
+            try:
+                times = [t.isoformat(timespec="seconds") for t in preview_times(schedule)]
+            except ValueError:
+                times = []
+        return format_html(
+            '<div id="upcoming-runs" data-url="{}" aria-live="polite">{}</div>',
+            reverse("cleanups:cadence_preview"),
+            format_html_join("", "<div>{}</div>", ((t,) for t in times)) or "–",
+        )
+
+    @admin.display(description="Recent changes")
+    def recent_changes(self, schedule: CleanupSchedule) -> str:
+        if schedule.pk is None:
+            return "–"
+        entries = LogEntry.objects.filter(
+            content_type=ContentType.objects.get_for_model(CleanupSchedule),
+            object_id=str(schedule.pk),
+        ).select_related("user")[:10]
+        if not entries:
+            return "–"
+        return format_html_join(
+            "",
+            "<div>{} · {} · {}</div>",
+            (
+                (
+                    entry.action_time.isoformat(timespec="seconds"),
+                    entry.user.get_username(),
+                    entry.get_change_message() or entry.get_action_flag_display(),
+                )
+                for entry in entries
+            ),
+        )
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
         form = super().get_form(request, obj, change=change, **kwargs)
@@ -210,6 +319,24 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
     @admin.action(description="Start selected schedules", permissions=["change"])
     def start_schedules(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
         self._report(request, start_schedules(queryset))
+
+    @admin.action(description="Pause selected schedules", permissions=["change"])
+    def pause_schedules(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
+        self._report(request, pause_schedules(queryset))
+
+    @admin.action(description="Resume selected schedules", permissions=["change"])
+    def resume_schedules(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
+        self._report(request, resume_schedules(queryset))
+
+    @admin.action(description="Run selected schedules now (once, extra)", permissions=["change"])
+    def run_now(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
+        self._report(request, run_schedules_now(queryset, request.user.get_username()))
+
+    @admin.action(
+        description="Restart selected schedules (fresh orchestration)", permissions=["change"]
+    )
+    def restart_schedules(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
+        self._report(request, restart_schedules(queryset))
 
     @admin.action(description="Terminate selected schedules", permissions=["change"])
     def terminate_schedules(

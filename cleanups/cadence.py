@@ -74,3 +74,27 @@ def cron_next(expression: str, timezone_name: str, moment: datetime) -> datetime
 
 def cron_is_valid(expression: str) -> bool:
     return len(expression.split()) == 5 and croniter.is_valid(expression)
+
+
+def preview_times(
+    schedule: object, moment: datetime | None = None, count: int = 5
+) -> list[datetime]:
+    """The next ``count`` run times a schedule (saved or not) would have, from ``moment``."""
+    from django.utils import timezone
+
+    moment = moment or timezone.now()
+    start_at = getattr(schedule, "start_at", None)
+    if start_at and start_at > moment:
+        moment = start_at
+    rule = Cadence(
+        kind=schedule.cadence,  # type: ignore[attr-defined]
+        interval=schedule.interval,  # type: ignore[attr-defined]
+        anchor=getattr(schedule, "anchor_at", None) or start_at or moment,
+        cron=schedule.cron,  # type: ignore[attr-defined]
+        timezone=schedule.timezone,  # type: ignore[attr-defined]
+    )
+    if rule.kind == CRON and not cron_is_valid(rule.cron):
+        raise ValueError(f"{rule.cron!r} is not a valid 5-field cron expression.")
+    times = rule.upcoming(moment, count)
+    end_at = getattr(schedule, "end_at", None)
+    return [t for t in times if end_at is None or t <= end_at]

@@ -204,6 +204,21 @@ class CleanupSchedule(models.Model):
                 errors.setdefault("params", []).extend(error.messages)
         if self.interval is not None and self.interval < MIN_INTERVAL:
             errors.setdefault("interval", []).append("The interval must be at least 1 second.")
+        try:
+            self.clean_cadence()
+        except ValidationError as error:
+            for field, messages in error.message_dict.items():
+                errors.setdefault(field, []).extend(messages)
+        if self.max_iterations is not None and self.max_iterations < 1:
+            errors.setdefault("max_iterations", []).append(
+                "Leave blank to run forever, or give at least 1."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    def clean_cadence(self) -> None:
+        """Check the cadence fields together; raise ValidationError with field errors."""
+        errors: dict[str, list[str]] = {}
         if self.cadence == cadence.CRON:
             if not self.cron:
                 errors.setdefault("cron", []).append("A cron cadence needs a cron expression.")
@@ -217,10 +232,6 @@ class CleanupSchedule(models.Model):
             )
         if self.start_at and self.end_at and self.end_at <= self.start_at:
             errors.setdefault("end_at", []).append("The end must come after the start.")
-        if self.max_iterations is not None and self.max_iterations < 1:
-            errors.setdefault("max_iterations", []).append(
-                "Leave blank to run forever, or give at least 1."
-            )
         if errors:
             raise ValidationError(errors)
 

@@ -7,4 +7,5 @@ app_name = "cleanups"
 urlpatterns = [
     path("schedules/<int:pk>/runs/", views.schedule_runs, name="schedule_runs"),
     path("runs/<int:pk>/", views.run_detail, name="run_detail"),
+    path("schedules/preview/", views.cadence_preview, name="cadence_preview"),
 ]

@@ -382,6 +382,11 @@ def form_data(**overrides: str) -> dict[str, str]:
         "params": json.dumps({"seconds": 0}),
         "interval": "00:00:05",
         "max_iterations": "",
+        "cadence": "fixed_delay",
+        "timezone": "UTC",
+        "missed_runs": "run_once",
+        "max_retries": "0",
+        "pause_after_failures": "0",
     }
     data.update(overrides)
     return data
@@ -401,7 +406,23 @@ def test_add_form_asks_only_for_what_the_operator_fills_in(admin_client):
 
     assert response.status_code == 200
     form = response.context["adminform"].form
-    assert set(form.fields) == {"name", "task", "params", "dry_run", "interval", "max_iterations"}
+    assert set(form.fields) == {
+        "name",
+        "task",
+        "params",
+        "dry_run",
+        "cadence",
+        "interval",
+        "cron",
+        "timezone",
+        "start_at",
+        "end_at",
+        "max_iterations",
+        "missed_runs",
+        "max_retries",
+        "pause_after_failures",
+        "notify_email",
+    }
     html = response.content.decode()
     assert "<code>sample</code>" in html
     assert "<code>expired_sessions</code>" in html

@@ -1,0 +1,52 @@
+// The schedule form: preview the next five run times as the cadence fields change, and show
+// only the fields the chosen cadence uses.
+(function () {
+  "use strict";
+  function value(id) {
+    var el = document.getElementById(id);
+    return el ? el.value.trim() : "";
+  }
+  function when(prefix) {
+    var date = value(prefix + "_0"), time = value(prefix + "_1");
+    return date ? (date + " " + (time || "00:00:00")) : "";
+  }
+  function showFor(cadence) {
+    var cron = cadence === "cron";
+    document.querySelectorAll(".field-cron, .field-timezone").forEach(function (row) {
+      row.hidden = !cron;
+    });
+  }
+  function refresh() {
+    var box = document.getElementById("upcoming-runs");
+    if (!box) return;
+    var params = new URLSearchParams({
+      cadence: value("id_cadence"), interval: value("id_interval"), cron: value("id_cron"),
+      timezone: value("id_timezone"), start_at: when("id_start_at"), end_at: when("id_end_at"),
+    });
+    showFor(params.get("cadence"));
+    fetch(box.dataset.url + "?" + params.toString(), {credentials: "same-origin"})
+      .then(function (response) { return response.json(); })
+      .then(function (data) {
+        box.replaceChildren();
+        var lines = data.error ? [data.error] : data.times;
+        if (!lines.length) lines = ["No run before the end."];
+        lines.forEach(function (line) {
+          var div = document.createElement("div");
+          div.textContent = line;
+          if (data.error) div.className = "errornote";
+          box.appendChild(div);
+        });
+      })
+      .catch(function () { /* the preview is a convenience: the form still validates */ });
+  }
+  var timer = null;
+  function later() { clearTimeout(timer); timer = setTimeout(refresh, 300); }
+  document.addEventListener("DOMContentLoaded", function () {
+    ["id_cadence", "id_interval", "id_cron", "id_timezone", "id_start_at_0", "id_start_at_1",
+     "id_end_at_0", "id_end_at_1"].forEach(function (id) {
+      var el = document.getElementById(id);
+      if (el) { el.addEventListener("input", later); el.addEventListener("change", later); }
+    });
+    refresh();
+  });
+})();
