@@ -62,9 +62,9 @@ class Cadence:
 def cron_next(expression: str, timezone_name: str, moment: datetime) -> datetime:
     """The next time the 5-field cron expression fires after ``moment``, in the given zone.
 
-    Evaluated on local wall-clock time in ``timezone_name``; across DST changes croniter
-    documents the behaviour (a time that does not exist is skipped, one that exists twice
-    fires once).
+    Evaluated on local wall-clock time in ``timezone_name``; across DST changes it does what
+    croniter documents: a time that does not exist that night fires at the first moment after
+    the jump, and a time that happens twice fires at both.
     """
     zone = ZoneInfo(timezone_name)
     local = moment.astimezone(zone)

@@ -200,25 +200,7 @@ def _handle_missed_slots(
         if skipped == 0:
             return {"iteration": iteration}
         reason = _why_missed(schedule, iteration, planned)
-        existing, _ = CleanupRun.objects.get_or_create(
-            schedule=schedule,
-            iteration=iteration,
-            defaults={
-                "status": Status.SKIPPED,
-                "task": schedule.task,
-                "started_at": planned,
-                "finished_at": now,
-                "reason": reason,
-                "message": f"{skipped} slot(s) missed ({reason}) between "
-                f"{planned.isoformat(timespec='seconds')} and {now.isoformat(timespec='seconds')}.",
-                "details": {"slots": skipped},
-                "config": schedule.snapshot(),
-                "worker": worker_id(),
-            },
-        )
-        CleanupSchedule.objects.filter(pk=schedule.pk, current_iteration__lt=iteration).update(
-            current_iteration=iteration
-        )
+        existing = _record_skipped(schedule, iteration, skipped, reason, planned, now)
     if schedule.missed_runs == CleanupSchedule.MissedRuns.RUN_ONCE:
         return {"iteration": iteration + 1}
     next_run_at = rule.next_after(existing.finished_at or now, existing.finished_at or now)
@@ -235,6 +217,37 @@ def _handle_missed_slots(
             "max_retries": schedule.max_retries,
         },
     }
+
+
+def _record_skipped(
+    schedule: CleanupSchedule,
+    iteration: int,
+    slots: int,
+    reason: str,
+    since: datetime,
+    until: datetime,
+) -> CleanupRun:
+    """One summary row for a gap, however many slots it covers (idempotent)."""
+    row, _ = CleanupRun.objects.get_or_create(
+        schedule=schedule,
+        iteration=iteration,
+        defaults={
+            "status": Status.SKIPPED,
+            "task": schedule.task,
+            "started_at": since,
+            "finished_at": until,
+            "reason": reason,
+            "message": f"{slots} slot(s) missed ({reason}) between "
+            f"{since.isoformat(timespec='seconds')} and {until.isoformat(timespec='seconds')}.",
+            "details": {"slots": slots},
+            "config": schedule.snapshot(),
+            "worker": worker_id(),
+        },
+    )
+    CleanupSchedule.objects.filter(pk=schedule.pk, current_iteration__lt=iteration).update(
+        current_iteration=iteration
+    )
+    return row
 
 
 def rule_grace() -> timedelta:
@@ -324,10 +337,26 @@ def _plan_next(
             status_reason="Completed: iteration limit reached.",
         )
         return _stop(iteration, "iteration limit reached", status)
+    next_iteration, next_trigger = iteration + 1, Trigger.SCHEDULED
+    rule = schedule.cadence_rule()
     if run.trigger == Trigger.MANUAL and planned_at:
         next_run_at = datetime.fromisoformat(planned_at)  # a manual run moves nothing
     else:
-        next_run_at = schedule.cadence_rule().next_after(run.started_at, run.finished_at)
+        next_run_at = rule.next_after(run.started_at, run.finished_at)
+        finished = run.finished_at or timezone.now()
+        if rule.kind != "fixed_delay" and next_run_at <= finished:
+            # The run overran its slot: the next one never overlaps it, and the slots it ran
+            # over follow the missed-run policy.
+            missed = 1 + rule.slots_between(next_run_at, finished)
+            run_once = schedule.missed_runs == CleanupSchedule.MissedRuns.RUN_ONCE
+            skipped = missed - 1 if run_once else missed
+            if skipped:
+                _record_skipped(schedule, next_iteration, skipped, "overran", next_run_at, finished)
+                next_iteration += 1
+            if run_once:
+                next_run_at, next_trigger = finished, Trigger.CATCH_UP
+            else:
+                next_run_at = rule.next_after(finished, finished)
     if schedule.start_at and next_run_at < schedule.start_at:
         next_run_at = schedule.start_at
     healed = {"recovering_since": None, "recover_attempts": 0} if schedule.recovering_since else {}
@@ -337,7 +366,8 @@ def _plan_next(
         "reason": "",
         "status": status,
         "iteration": iteration,
-        "next_iteration": iteration + 1,
+        "next_iteration": next_iteration,
+        "next_trigger": next_trigger,
         "next_run_at": next_run_at.isoformat(),
         "max_retries": schedule.max_retries,
     }

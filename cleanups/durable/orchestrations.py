@@ -77,6 +77,7 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
             "schedule_id": schedule_id,
             "iteration": result.get("next_iteration", iteration + 1),
             "run_at": result["next_run_at"],
+            "trigger": result.get("next_trigger", "scheduled"),
             "max_retries": result.get("max_retries", 0),
         },
         save_events=True,

@@ -28,3 +28,20 @@ def events_of_kind(ctx: CleanupContext) -> str:
         count, _ = events.delete()
         ctx.deleted("testapp.Event", count)
     return f"Deleted {count} {ctx.params['kind']} event(s)."
+
+
+FLAKY_FAILURES: dict[str, int] = {}
+
+
+@cleanup_task("testapp_always_fails", "Always raises (for failure-streak tests).")
+def always_fails(ctx: CleanupContext) -> str:
+    raise RuntimeError("the disk is on fire")
+
+
+@cleanup_task("testapp_flaky", 'Fails the first {"failures": n} times, then succeeds.')
+def flaky(ctx: CleanupContext) -> str:
+    key = str(ctx.run.schedule_id if ctx.run else "")
+    FLAKY_FAILURES[key] = FLAKY_FAILURES.get(key, 0) + 1
+    if FLAKY_FAILURES[key] <= ctx.params.get("failures", 1):
+        raise RuntimeError(f"flaky failure {FLAKY_FAILURES[key]}")
+    return "Worked this time."
