@@ -265,3 +265,44 @@ def test_port_in_use_exits_non_zero_with_one_line(engine_port, start_worker_proc
         f"CommandError: cannot listen on 127.0.0.1:{engine_port}: the port is in use "
         "(is another runworker running?). Set EMBEDDED_ENGINE_PORT to use another port."
     ], worker.output
+
+
+# Missed runs: the worker is down for three intervals ------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["run_once", "skip"])
+def test_missed_runs_after_the_worker_was_down(start_worker_process, make_schedule, policy):
+    schedule = make_schedule(
+        cadence="fixed_rate", interval=timedelta(seconds=1.5), missed_runs=policy
+    )
+    env = {"MISSED_RUN_GRACE_SECONDS": "0.4"}
+    worker = start_worker_process(env=env)
+    worker.wait_for_output(READY)
+    schedule.start()
+    wait_until(lambda: len(succeeded(schedule)) >= 1)
+    assert worker.stop(signal.SIGTERM) == 0
+    down_since = len(runs_of(schedule))
+    time.sleep(4.6)  # three intervals
+
+    second = start_worker_process(env=env)
+    wait_until(lambda: CleanupRun.objects.filter(schedule=schedule, status="skipped").exists())
+    skipped = CleanupRun.objects.get(schedule=schedule, status="skipped")
+    assert skipped.reason == "worker down"
+    catch_ups = CleanupRun.objects.filter(schedule=schedule, trigger="catch_up")
+    if policy == "run_once":
+        wait_until(catch_ups.exists)
+        assert skipped.details["slots"] in (2, 3)
+    else:
+        assert skipped.details["slots"] in (3, 4)
+        nxt = wait_until(
+            lambda: CleanupRun.objects.filter(
+                schedule=schedule, iteration__gt=skipped.iteration, status="succeeded"
+            ).first(),
+            timeout=10,
+        )
+        assert nxt.trigger == "scheduled"
+    time.sleep(2)
+    assert catch_ups.count() == (1 if policy == "run_once" else 0)
+    assert CleanupRun.objects.filter(schedule=schedule, status="skipped").count() == 1
+    assert len(runs_of(schedule)) > down_since
+    assert second.stop(signal.SIGTERM) == 0
