@@ -1,303 +1,636 @@
-"""Benchmark: delete_old_rows against one raw DELETE and QuerySet.delete(), on SQLite.
+"""Benchmark: the delete_old_rows task against one raw DELETE and QuerySet.delete(), on SQLite.
 
     .venv/bin/python bench/delete_rows.py [--rows 1000000] [--parents 200000] [--batch-size 1000]
+                                          [--repeat 3] [--sweep [--sweep-sizes 1000,5000,20000]]
+                                          [--variants]
 
-Each method gets a fresh database holding the same rows: N old rows (60 to 31 days old) plus
-10% recent ones (1 day old) that must stay. Reported per method: rows deleted per second, the
-ratio to the raw DELETE, and the longest single transaction, timed from SQLite's own BEGIN to its
-COMMIT (sqlite3's trace callback sees both), so it is the time any other writer could be kept
-waiting. The cascading case deletes parents with two children each and checks no child is left
-without its parent.
+(from the project root; it uses bench.settings, whatever DJANGO_SETTINGS_MODULE or DATABASE_URL
+say, and leaves nothing behind).
+
+Data. Every run migrates a fresh database in a new temporary directory and fills two template
+databases once: ``--rows`` old PlainRow rows (created 60 to 31 days ago, spread evenly) plus 10%
+recent ones (about 1 day old), and ``--parents`` old Parent rows with two Child rows each plus 10%
+recent parents (with their children). Rows go in oldest first, in chunks of 10% (executemany, one
+transaction per chunk), as a table that has grown over time would hold them. Each method then
+works on a byte-for-byte copy of its template, so every method starts from the identical table,
+opened through Django with the project's SQLite options (WAL, synchronous=NORMAL, IMMEDIATE).
+
+Methods, each deleting every row older than 30 days:
+
+* raw DELETE: one ``DELETE FROM ... WHERE created_at < ?`` in one transaction (for the cascading
+  pair: the children of the old parents first, then the parents, in one transaction);
+* QuerySet.delete(): Django's default on the filtered queryset (the database's fast path for the
+  plain table, the collector with its cascade for the parents);
+* delete_old_rows: the project's task, its params validated by ``clean_params`` and run with
+  ``CleanupContext(params, dry_run=False, run=None, deadline=None)``; twice: without batch_size
+  (the task's default, batches that size themselves to about 50 ms) and with ``--batch-size``
+  (1000 unless given).
+
+Each method runs ``--repeat`` times (default 3), round-robin with the others, each time on a
+fresh copy; the report gives the median run's time, the longest transaction of any run, and the
+ratio of the medians (single runs of a 1M-row delete vary by up to 30% on a small VM). After each
+run the database is checked, and the script stops with "CHECK FAILED" if it is wrong: no old row
+is left, exactly the recent rows are, and for the cascading pair no child outlived its parent and
+every recent parent still has its two children.
+
+Longest transaction. A connection.execute_wrapper sees Django's ``BEGIN IMMEDIATE`` and starts the
+clock when it returns (the write lock is taken); Django's ``_commit``/``_rollback`` on this
+connection are wrapped to stop it when they return (the lock is released). So it is the time
+another writer (the web process, another worker) could be kept waiting, including the commit's
+write to the WAL and the automatic checkpoint SQLite runs when a commit takes the WAL past 1000
+pages. A write statement outside any transaction would count as a transaction of its own. For the
+raw DELETE it is the whole delete; for QuerySet.delete() it is the collector's atomic block (for
+the cascade, the SELECT of the parents before it is a read that blocks no writer); for
+delete_old_rows it is the longest of its batches. (Timing only the gaps between the ends of
+consecutive batches, through CleanupContext.deleted, would also count the time between batches,
+when no lock is held; this measures the lock itself.)
+
+Targets (for delete_old_rows): at least 0.7x the raw DELETE's rows/s, and no transaction longer
+than 250 ms. ``--sweep`` also runs the task at several fixed batch sizes and estimates from those
+runs which batch sizes would meet both; ``--variants`` measures candidate replacements of
+``cleanups.registry.delete_in_batches`` (bench/variants.py), swapped in for the task in this
+process only (the project's files are not touched).
+
+Stdout is only the Markdown report; progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, NoReturn
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
 
 import django
 
 django.setup()
 
 from django.core.management import call_command
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
+from bench import variants
 from bench.benchapp.models import Child, Parent, PlainRow
-from cleanups.models import CleanupRun, CleanupSchedule
+from cleanups import cleanup_tasks
 from cleanups.registry import CleanupContext, get_task
 
 TARGET_RATIO = 0.7
 TARGET_TRANSACTION_MS = 250.0
+CHILDREN_PER_PARENT = 2
+
+db = connections[DEFAULT_DB_ALIAS]
+Result = dict[str, float]
 
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def fail(message: str) -> NoReturn:
+    """Stop the benchmark: a method deleted the wrong rows, so its timing means nothing."""
+    raise SystemExit(f"bench/delete_rows.py: CHECK FAILED: {message}")
+
+
+# The clock ------------------------------------------------------------------------------------
+
+
 class TransactionClock:
-    """Times every transaction on the connection: from BEGIN (or a lone statement) to COMMIT."""
+    """How long each transaction on ``db`` holds SQLite's write lock (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.longest = 0.0
-        self.count = 0
+        self.durations: list[float] = []
         self._began: float | None = None
 
-    def __call__(self, sql: str) -> None:
+    @property
+    def longest(self) -> float:
+        return max(self.durations, default=0.0)
+
+    def _execute(self, execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
+        raw = db.connection
+        in_transaction = raw.in_transaction
+        started = time.perf_counter()
+        result = execute(sql, params, many, context)
         now = time.perf_counter()
-        statement = sql.lstrip().upper()
-        if statement.startswith("BEGIN"):
+        if sql.lstrip()[:5].upper() == "BEGIN":
             self._began = now
-        elif statement.startswith(("COMMIT", "ROLLBACK")) and self._began is not None:
-            self._finish(now - self._began)
-            self._began = None
+        elif (
+            not in_transaction
+            and not raw.in_transaction
+            and not sql.lstrip().upper().startswith(("SELECT", "PRAGMA"))
+        ):
+            self.durations.append(now - started)  # an autocommit write: its own transaction
+        return result
 
-    def _finish(self, seconds: float) -> None:
-        self.longest = max(self.longest, seconds)
-        self.count += 1
+    def _ended(self, finish: Callable[[], None]) -> Callable[[], None]:
+        def timed() -> None:
+            try:
+                finish()
+            finally:
+                if self._began is not None:
+                    self.durations.append(time.perf_counter() - self._began)
+                    self._began = None
 
-    def statement(self, seconds: float) -> None:
-        """A statement run in autocommit mode is a transaction of its own."""
-        self._finish(seconds)
+        return timed
 
-
-def fresh_database(name: str) -> None:
-    connection.close()
-    path = Path(tempfile.gettempdir()) / f"cleanups-bench-{name}.sqlite3"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    connection.settings_dict["NAME"] = str(path)
-    call_command("migrate", verbosity=0)
-
-
-def spread(count: int, oldest_days: float, newest_days: float) -> list[str]:
-    now = datetime.now(UTC)
-    step = (oldest_days - newest_days) * 86400 / max(count, 1)
-    return [
-        (now - timedelta(seconds=newest_days * 86400 + i * step)).isoformat() for i in range(count)
-    ]
-
-
-def fill(table: str, columns: str, rows: list[tuple]) -> None:
-    raw = connection.connection
-    placeholders = ", ".join("?" * len(rows[0]))
-    chunk = max(len(rows) // 10, 1)
-    for start in range(0, len(rows), chunk):
-        with raw:
-            raw.executemany(
-                f"INSERT INTO {table} ({columns}) VALUES ({placeholders})",
-                rows[start : start + chunk],
-            )
-        say(f"    filled {min(start + chunk, len(rows)):>9,} / {len(rows):,} {table} rows")
+    @contextmanager
+    def running(self) -> Iterator[TransactionClock]:
+        db.ensure_connection()
+        db._commit = self._ended(db._commit)
+        db._rollback = self._ended(db._rollback)
+        try:
+            with db.execute_wrapper(self._execute):
+                yield self
+        finally:
+            del db._commit, db._rollback  # the class's own methods again
 
 
-def fill_plain(old: int) -> None:
-    recent = old // 10
-    dates = spread(old, 60, 31) + spread(recent, 1.0, 1.0)
-    fill(PlainRow._meta.db_table, "created_at, payload", [(d, "x" * 40) for d in dates])
+# Data -----------------------------------------------------------------------------------------
 
 
-def fill_parents(old: int) -> None:
-    recent = old // 10
-    dates = spread(old, 60, 31) + spread(recent, 1.0, 1.0)
-    fill(Parent._meta.db_table, "id, created_at", list(enumerate(dates, start=1)))
-    children = [(pid, "y" * 20) for pid in range(1, len(dates) + 1) for _ in range(2)]
-    fill(Child._meta.db_table, "parent_id, payload", children)
+class Workspace:
+    """A temporary directory: an empty migrated database, filled templates, the working copy."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="cleanups-bench-"))
+        self.work = self.dir / "work.sqlite3"
+
+    def open(self, path: Path) -> None:
+        db.close()
+        db.settings_dict["NAME"] = str(path)
+        db.ensure_connection()
+
+    def close(self) -> None:
+        """Close the connection with the WAL folded into the file, so the file alone is the data."""
+        if db.connection is not None:
+            db.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+
+    def migrate(self) -> Path:
+        empty = self.dir / "empty.sqlite3"
+        self.open(empty)
+        call_command("migrate", verbosity=0)
+        self.close()
+        return empty
+
+    def template(self, name: str, fill: Callable[[], None], empty: Path) -> Path:
+        path = self.dir / f"{name}.sqlite3"
+        shutil.copyfile(empty, path)
+        self.open(path)
+        fill()
+        self.close()
+        return path
+
+    def fresh_copy(self, template: Path) -> None:
+        """Point the connection at a new copy of ``template``: the identical table, again."""
+        db.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.work}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(template, self.work)
+        self.open(self.work)
+
+    def remove(self) -> None:
+        db.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def a_run() -> CleanupRun:
-    """A real run record, so delete_old_rows pays for writing its counts as it does in a worker."""
-    schedule = CleanupSchedule.objects.create(name="bench", interval=timedelta(hours=1))
-    return CleanupRun.objects.create(
-        schedule=schedule, iteration=1, task="delete_old_rows", started_at=timezone.now()
+def timestamps(count: int, oldest_days: float, newest_days: float, now: datetime) -> Iterator[str]:
+    """``count`` datetimes spread evenly from oldest to newest, as Django stores them in SQLite."""
+    oldest = now - timedelta(days=oldest_days)
+    step = (oldest_days - newest_days) * 86400 / max(count - 1, 1)
+    for i in range(count):
+        yield db.ops.adapt_datetimefield_value(oldest + timedelta(seconds=i * step))
+
+
+def insert(table: str, columns: list[str], rows: Iterator[tuple], total: int) -> None:
+    """executemany in chunks of 10%, each its own transaction, a line on stderr per chunk."""
+    raw = db.connection
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    chunk = max(-(-total // 10), 1)
+    done = 0
+    while done < total:
+        batch = [row for _, row in zip(range(chunk), rows, strict=False)]
+        raw.execute("BEGIN")
+        raw.executemany(sql, batch)
+        raw.execute("COMMIT")
+        done += len(batch)
+        say(f"    filled {done:>9,} / {total:,} {table} rows ({done / total:.0%})")
+
+
+def dates(old: int, now: datetime) -> Iterator[str]:
+    """``old`` timestamps 60 to 31 days old, then old // 10 recent ones (1 to 1.04 days old)."""
+    yield from timestamps(old, 60, 31, now)
+    yield from timestamps(old // 10, 1 + 1 / 24, 1, now)
+
+
+def fill_plain(old: int, now: datetime) -> None:
+    total = old + old // 10
+    rows = ((when, "x" * 40) for when in dates(old, now))
+    insert(PlainRow._meta.db_table, ["created_at", "payload"], rows, total)
+
+
+def fill_parents(old: int, now: datetime) -> None:
+    total = old + old // 10
+    rows = ((pk, when) for pk, when in enumerate(dates(old, now), start=1))
+    insert(Parent._meta.db_table, ["id", "created_at"], rows, total)
+    children = (
+        (pk, f"child {n} of {pk}") for pk in range(1, total + 1) for n in range(CHILDREN_PER_PARENT)
     )
+    insert(Child._meta.db_table, ["parent_id", "payload"], children, total * CHILDREN_PER_PARENT)
 
 
-def measure(name: str, delete: Callable[[TransactionClock], int]) -> dict[str, float]:
-    clock = TransactionClock()
-    connection.ensure_connection()
-    connection.connection.set_trace_callback(clock)
-    started = time.perf_counter()
-    deleted = delete(clock)
-    seconds = time.perf_counter() - started
-    connection.connection.set_trace_callback(None)
-    say(f"    {name}: {deleted:,} rows in {seconds:.2f} s")
-    return {
-        "rows": deleted,
-        "seconds": seconds,
-        "longest": clock.longest,
-        "transactions": clock.count,
-    }
+# Checks ---------------------------------------------------------------------------------------
 
 
-def raw_delete(sql: list[str], cutoff: str) -> Callable[[TransactionClock], int]:
-    def run(clock: TransactionClock) -> int:
-        raw = connection.connection
-        started = time.perf_counter()
-        with raw:  # one transaction for every statement
-            raw.execute("BEGIN IMMEDIATE")
-            deleted = sum(raw.execute(statement, [cutoff]).rowcount for statement in sql)
-        clock.statement(time.perf_counter() - started)
+def check_plain(old: int, cutoff: datetime) -> None:
+    left_old = PlainRow.objects.filter(created_at__lt=cutoff).count()
+    left = PlainRow.objects.count()
+    if left_old:
+        fail(f"{left_old:,} old PlainRow rows are left")
+    if left != old // 10:
+        fail(f"{left:,} PlainRow rows are left, expected the {old // 10:,} recent ones")
+
+
+def check_parents(old: int, cutoff: datetime) -> None:
+    recent = old // 10
+    left_old = Parent.objects.filter(created_at__lt=cutoff).count()
+    parents = Parent.objects.count()
+    orphans = Child.objects.exclude(parent_id__in=Parent.objects.values("pk")).count()
+    children = Child.objects.count()
+    if left_old:
+        fail(f"{left_old:,} old parents are left")
+    if parents != recent:
+        fail(f"{parents:,} parents are left, expected the {recent:,} recent ones")
+    if orphans:
+        fail(f"{orphans:,} children outlived their parents")
+    if children != CHILDREN_PER_PARENT * parents:
+        fail(f"{children:,} children are left, expected {CHILDREN_PER_PARENT * parents:,}")
+
+
+# Methods --------------------------------------------------------------------------------------
+
+Method = Callable[[], int]  # deletes, returns the number of rows it deleted
+
+
+def raw_delete(statements: list[str], cutoff: datetime) -> Method:
+    def run() -> int:
+        when = db.ops.adapt_datetimefield_value(cutoff)
+        with transaction.atomic(), db.cursor() as cursor:  # one BEGIN IMMEDIATE ... COMMIT
+            deleted = 0
+            for sql in statements:
+                cursor.execute(sql, [when])
+                deleted += cursor.rowcount
         return deleted
 
     return run
 
 
-def queryset_delete(model: type, cutoff: datetime) -> Callable[[TransactionClock], int]:
-    def run(clock: TransactionClock) -> int:
-        started = time.perf_counter()
+def queryset_delete(model: type, cutoff: datetime) -> Method:
+    def run() -> int:
         deleted, _ = model.objects.filter(created_at__lt=cutoff).delete()
-        # The fast path is one autocommit statement; the collector's path one atomic block.
-        if clock.count == 0:
-            clock.statement(time.perf_counter() - started)
         return deleted
 
     return run
 
 
-def task_delete(model_label: str, batch_size: int) -> Callable[[TransactionClock], int]:
-    def run(clock: TransactionClock) -> int:
+def task_name(batch_size: int | None, prefix: str = "delete_old_rows") -> str:
+    return f"{prefix} ({'default batches' if batch_size is None else f'batch_size {batch_size}'})"
+
+
+def task_delete(
+    model_label: str, batch_size: int | None, replacement: Callable | None = None
+) -> Method:
+    """The delete_old_rows task; with ``replacement``, that instead of delete_in_batches."""
+
+    def run() -> int:
         task = get_task("delete_old_rows")
-        params = task.clean_params(
-            {
-                "model": model_label,
-                "field": "created_at",
-                "older_than_days": 30,
-                "batch_size": batch_size,
-            }
-        )
-        ctx = CleanupContext(params, run=a_run())
-        task.function(ctx)
+        if task is None:
+            fail("the delete_old_rows task is not registered")
+        given = {"model": model_label, "field": "created_at", "older_than_days": 30}
+        if batch_size is not None:
+            given["batch_size"] = batch_size
+        params = task.clean_params(given)
+        ctx = CleanupContext(params, dry_run=False, run=None, deadline=None)
+        if replacement is None:
+            task.function(ctx)
+        else:
+            with mock.patch.object(cleanup_tasks, "delete_in_batches", replacement):
+                task.function(ctx)
         return ctx.items
 
     return run
 
 
-def check_plain(old: int) -> None:
-    cutoff = timezone.now() - timedelta(days=30)
-    left_old = PlainRow.objects.filter(created_at__lt=cutoff).count()
-    left = PlainRow.objects.count()
-    assert left_old == 0, f"{left_old} old rows left"
-    assert left == old // 10, f"{left} rows left, expected the {old // 10} recent ones"
+def measure(name: str, method: Method) -> Result:
+    clock = TransactionClock()
+    with clock.running():
+        started = time.perf_counter()
+        deleted = method()
+        seconds = time.perf_counter() - started
+    say(
+        f"    {name}: {deleted:,} rows in {seconds:.2f} s, {len(clock.durations):,} "
+        f"transaction(s), longest {clock.longest * 1000:.1f} ms"
+    )
+    return {
+        "rows": deleted,
+        "seconds": seconds,
+        "longest": clock.longest,
+        "transactions": len(clock.durations),
+    }
 
 
-def check_parents(old: int) -> None:
-    recent = old // 10
-    assert Parent.objects.count() == recent, Parent.objects.count()
-    orphans = Child.objects.exclude(parent__in=Parent.objects.all()).count()
-    assert orphans == 0, f"{orphans} children outlived their parents"
-    assert Child.objects.count() == 2 * recent, Child.objects.count()
+class Case:
+    """One table (plain, or the cascading pair): its template, its check, its results."""
+
+    def __init__(
+        self,
+        title: str,
+        tag: str,
+        workspace: Workspace,
+        template: Path,
+        check: Callable[[], None],
+    ) -> None:
+        self.title, self.tag = title, tag
+        self.workspace, self.template, self.check = workspace, template, check
+        self.methods: dict[str, Method] = {}
+        self.samples: dict[str, list[Result]] = {}
+        self.results: dict[str, Result] = {}
+
+    def add(self, name: str, method: Method) -> None:
+        self.methods.setdefault(name, method)
+
+    def run_all(self, repeat: int) -> None:
+        """Every method ``repeat`` times, round-robin, each time on a fresh copy, then checked.
+
+        A method's result: the median run's seconds, the longest transaction of all its runs.
+        """
+        for round_ in range(1, repeat + 1):
+            for name, method in self.methods.items():
+                say(f"{self.tag}: {name} (run {round_} of {repeat})")
+                self.workspace.fresh_copy(self.template)
+                result = measure(name, method)
+                self.check()
+                self.samples.setdefault(name, []).append(result)
+        for name, runs in self.samples.items():
+            median = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
+            self.results[name] = {**median, "longest": max(r["longest"] for r in runs)}
+
+    @property
+    def raw_rate(self) -> float:
+        raw = self.results["raw DELETE"]
+        return raw["rows"] / raw["seconds"]
 
 
-def table(title: str, results: dict[str, dict[str, float]]) -> list[str]:
-    raw = results["raw DELETE"]
-    raw_rate = raw["rows"] / raw["seconds"]
+# Report ---------------------------------------------------------------------------------------
+
+
+def rate(result: Result) -> float:
+    return result["rows"] / result["seconds"]
+
+
+def table(case: Case, names: list[str]) -> list[str]:
     lines = [
-        f"**{title}**",
+        f"**{case.title}**",
         "",
-        "| method | rows deleted | seconds | rows/s | vs raw DELETE | longest transaction |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| method | rows deleted | seconds | rows/s | vs raw DELETE | transactions "
+        "| longest transaction (ms) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, r in results.items():
-        rate = r["rows"] / r["seconds"]
+    for name in names:
+        r = case.results[name]
         lines.append(
-            f"| {name} | {int(r['rows']):,} | {r['seconds']:.2f} | {rate:,.0f} | "
-            f"{rate / raw_rate:.2f}x | {r['longest'] * 1000:,.0f} ms |"
+            f"| {name} | {int(r['rows']):,} | {r['seconds']:.2f} | {rate(r):,.0f} | "
+            f"{rate(r) / case.raw_rate:.2f}x | {int(r['transactions']):,} | "
+            f"{r['longest'] * 1000:,.1f} |"
         )
     return lines
 
 
-def verdict(name: str, results: dict[str, dict[str, float]]) -> str:
-    ours, raw = results[name], results["raw DELETE"]
-    ratio = (ours["rows"] / ours["seconds"]) / (raw["rows"] / raw["seconds"])
-    longest_ms = ours["longest"] * 1000
-    ok = ratio >= TARGET_RATIO and longest_ms <= TARGET_TRANSACTION_MS
+def meets(case: Case, name: str) -> tuple[bool, bool]:
+    r = case.results[name]
+    return rate(r) / case.raw_rate >= TARGET_RATIO, r["longest"] * 1000 <= TARGET_TRANSACTION_MS
+
+
+def verdict(case: Case, name: str) -> str:
+    r = case.results[name]
+    fast, short = meets(case, name)
     return (
-        f"{name}: {ratio:.2f}x raw DELETE (target >= {TARGET_RATIO}x), longest transaction "
-        f"{longest_ms:.0f} ms (target <= {TARGET_TRANSACTION_MS:.0f} ms): "
-        f"{'MET' if ok else 'NOT MET'}"
+        f"- [{case.tag}] {name}: throughput {rate(r) / case.raw_rate:.2f}x raw DELETE "
+        f"(target >= {TARGET_RATIO}x): {'MET' if fast else 'NOT MET'}; longest transaction "
+        f"{r['longest'] * 1000:,.1f} ms (target <= {TARGET_TRANSACTION_MS:.0f} ms): "
+        f"{'MET' if short else 'NOT MET'}"
     )
+
+
+def batch_size_needed(case: Case, sizes: list[int], names: list[str]) -> list[str]:
+    """Which batch sizes would meet both targets: measured, and estimated from a fitted model.
+
+    Model: a batch of B rows costs a + c*B seconds (a: per-transaction overhead, c: per row), so
+    the run's seconds per row are c + a/B (least squares over the sweep) and a typical
+    transaction lasts a + c*B. Throughput target: c + a/B <= raw seconds per row / 0.7.
+    Transaction target: a + c*B <= 250 ms (the longest measured also has checkpoint spikes).
+    """
+    met = [size for size, name in zip(sizes, names, strict=True) if all(meets(case, name))]
+    lines = [
+        f"- [{case.tag}] swept batch sizes meeting both targets: "
+        + (", ".join(f"{size:,}" for size in met) if met else "none")
+    ]
+    if len(sizes) < 2:
+        return lines
+    xs = [1 / size for size in sizes]
+    ys = [case.results[name]["seconds"] / case.results[name]["rows"] for name in names]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    a = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mean_x) ** 2 for x in xs
+    )
+    c = mean_y - a * mean_x
+    budget = 1 / case.raw_rate / TARGET_RATIO
+    longest = TARGET_TRANSACTION_MS / 1000
+    fit = (
+        f"fit: {a * 1000:.2f} ms per transaction + {c * 1e6:.2f} us per row "
+        f"(raw DELETE: {1e6 / case.raw_rate:.2f} us per row)"
+    )
+    if c <= 0 or a <= 0:
+        lines.append(f"- [{case.tag}] {fit}: no usable estimate from this sweep")
+    elif c >= budget:
+        lines.append(
+            f"- [{case.tag}] {fit}: NO batch size can reach {TARGET_RATIO}x raw DELETE, the "
+            f"per-row cost alone is {c / (1 / case.raw_rate):.1f}x raw's; at best "
+            f"{(1 / case.raw_rate) / c:.2f}x"
+        )
+    else:
+        smallest = a / (budget - c)
+        largest = (longest - a) / c
+        answer = (
+            f"batch_size from about {smallest:,.0f} to {largest:,.0f} should meet both"
+            if smallest <= largest
+            else f"no batch size meets both (needs >= {smallest:,.0f} rows, "
+            f"<= {largest:,.0f} for {TARGET_TRANSACTION_MS:.0f} ms)"
+        )
+        lines.append(f"- [{case.tag}] {fit}: {answer}")
+    return lines
+
+
+# Main -----------------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--rows", type=int, default=1_000_000, help="old plain rows (plus 10%% recent)"
+        "--rows", type=int, default=1_000_000, help="old PlainRow rows (plus 10%% recent)"
     )
-    parser.add_argument("--parents", type=int, default=200_000, help="old parents, 2 children each")
+    parser.add_argument(
+        "--parents", type=int, default=200_000, help="old parents, 2 children each (plus 10%%)"
+    )
     parser.add_argument(
         "--batch-size",
         type=int,
         default=1000,
-        help="a fixed delete_old_rows batch_size to compare with its default (self-sizing) batches",
+        help="the fixed batch_size delete_old_rows also runs with (the default run has none)",
+    )
+    parser.add_argument(
+        "--sweep", action="store_true", help="also run delete_old_rows at --sweep-sizes"
+    )
+    parser.add_argument(
+        "--sweep-sizes",
+        default="1000,5000,20000",
+        help="comma-separated batch sizes for --sweep (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="also measure the candidate delete_in_batches replacements in bench/variants.py",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs per method, round-robin; the median counts (default: %(default)s)",
     )
     args = parser.parse_args()
-    if connection.vendor != "sqlite":
-        sys.exit("bench/delete_rows.py measures SQLite; unset DATABASE_URL.")
-    ours = "delete_old_rows (default batches)"
-    fixed = f"delete_old_rows (batch_size {args.batch_size})"
-    cutoff = timezone.now() - timedelta(days=30)
+    sizes = sorted({int(size) for size in args.sweep_sizes.split(",") if size.strip()})
+    if args.rows < 10 or args.parents < 10:
+        parser.error("--rows and --parents must be at least 10")
+    if args.repeat < 1 or args.batch_size < 1 or not sizes or min(sizes) < 1:
+        parser.error("--repeat, --batch-size and --sweep-sizes must be at least 1")
 
-    plain: dict[str, dict[str, float]] = {}
+    started = time.perf_counter()
+    workspace = Workspace()
+    try:
+        report = run(args, sizes, workspace)
+    finally:
+        workspace.remove()
+    say(f"done in {time.perf_counter() - started:.0f} s")
+    print("\n".join(report))
+
+
+def run(args: argparse.Namespace, sizes: list[int], workspace: Workspace) -> list[str]:
+    now = timezone.now()
+    cutoff = now - timedelta(days=30)
+    say(f"databases in {workspace.dir}")
+    empty = workspace.migrate()
+    say(f"plain table template: {args.rows:,} old + {args.rows // 10:,} recent rows")
+    plain_template = workspace.template("plain", lambda: fill_plain(args.rows, now), empty)
+    say(f"cascade template: {args.parents:,} old + {args.parents // 10:,} recent parents")
+    cascade_template = workspace.template("cascade", lambda: fill_parents(args.parents, now), empty)
+
+    def check_plain_now() -> None:
+        check_plain(args.rows, cutoff)
+
+    def check_parents_now() -> None:
+        check_parents(args.parents, cutoff)
+
+    plain = Case(
+        f"Plain table: {args.rows:,} old rows + {args.rows // 10:,} recent (SQLite, WAL, "
+        "IMMEDIATE)",
+        "plain",
+        workspace,
+        plain_template,
+        check_plain_now,
+    )
+    cascade = Case(
+        f"Cascade: {args.parents:,} old parents x {CHILDREN_PER_PARENT} children + "
+        f"{args.parents // 10:,} recent parents (rows = parents + children)",
+        "cascade",
+        workspace,
+        cascade_template,
+        check_parents_now,
+    )
     table_name = PlainRow._meta.db_table
-    for name, delete in [
-        (
-            "raw DELETE",
-            raw_delete([f"DELETE FROM {table_name} WHERE created_at < ?"], cutoff.isoformat()),
-        ),
-        ("QuerySet.delete()", queryset_delete(PlainRow, cutoff)),
-        (ours, task_delete("benchapp.PlainRow", None)),
-        (fixed, task_delete("benchapp.PlainRow", args.batch_size)),
-    ]:
-        say(f"plain table, {name}:")
-        fresh_database("plain")
-        fill_plain(args.rows)
-        plain[name] = measure(name, delete)
-        check_plain(args.rows)
-
-    cascade: dict[str, dict[str, float]] = {}
     parents, children = Parent._meta.db_table, Child._meta.db_table
-    raw_cascade = [
-        f"DELETE FROM {children} WHERE parent_id IN (SELECT id FROM {parents} WHERE created_at < ?)",
-        f"DELETE FROM {parents} WHERE created_at < ?",
-    ]
-    for name, delete in [
-        ("raw DELETE", raw_delete(raw_cascade, cutoff.isoformat())),
-        ("QuerySet.delete()", queryset_delete(Parent, cutoff)),
-        (ours, task_delete("benchapp.Parent", None)),
-        (fixed, task_delete("benchapp.Parent", args.batch_size)),
-    ]:
-        say(f"cascading pair, {name}:")
-        fresh_database("cascade")
-        fill_parents(args.parents)
-        cascade[name] = measure(name, delete)
-        check_parents(args.parents)
+    raw_sql = {
+        "plain": [f"DELETE FROM {table_name} WHERE created_at < %s"],
+        "cascade": [
+            f"DELETE FROM {children} WHERE parent_id IN "
+            f"(SELECT id FROM {parents} WHERE created_at < %s)",
+            f"DELETE FROM {parents} WHERE created_at < %s",
+        ],
+    }
+    models = {"plain": PlainRow, "cascade": Parent}
+    default, fixed = task_name(None), task_name(args.batch_size)
+    main_names = ["raw DELETE", "QuerySet.delete()", default, fixed]
+    swept = [task_name(size) for size in sizes]
+    candidates = {
+        task_name(size, name): (function, size)
+        for name, function in variants.VARIANTS.items()
+        for size in (None, args.batch_size)
+    }
+    for case in (plain, cascade):
+        model = models[case.tag]
+        label = model._meta.label
+        case.add("raw DELETE", raw_delete(raw_sql[case.tag], cutoff))
+        case.add("QuerySet.delete()", queryset_delete(model, cutoff))
+        case.add(default, task_delete(label, None))
+        case.add(fixed, task_delete(label, args.batch_size))
+        if args.sweep:
+            for size, name in zip(sizes, swept, strict=True):
+                case.add(name, task_delete(label, size))
+        if args.variants:
+            for name, (function, size) in candidates.items():
+                case.add(name, task_delete(label, size, function))
+        case.run_all(args.repeat)
 
-    lines = [
-        *table(
-            f"Plain table: {args.rows:,} old rows + {args.rows // 10:,} recent (SQLite, WAL)", plain
-        ),
+    report: list[str] = [
+        f"Each method: median of {args.repeat} run(s), each on a fresh copy of the same table; "
+        "longest transaction: the longest in any of its runs.",
         "",
-        *table(
-            f"Cascade: {args.parents:,} old parents x 2 children + {args.parents // 10:,} recent "
-            "(rows = parents + children; no orphaned child left)",
-            cascade,
-        ),
-        "",
-        verdict(ours, plain) + " [plain]",
-        verdict(fixed, plain) + " [plain]",
-        verdict(ours, cascade) + " [cascade]",
     ]
-    print("\n".join(lines))
+    for case in (plain, cascade):
+        report += [*table(case, main_names), ""]
+    report += [
+        f"**Targets** (delete_old_rows: >= {TARGET_RATIO}x raw DELETE rows/s, no transaction "
+        f"> {TARGET_TRANSACTION_MS:.0f} ms)",
+        "",
+    ]
+    report += [verdict(case, name) for case in (plain, cascade) for name in (default, fixed)]
+    if args.sweep:
+        report += ["", "**Batch-size sweep** (delete_old_rows, fixed batch_size)", ""]
+        for case in (plain, cascade):
+            report += [*table(case, ["raw DELETE", *swept]), ""]
+            report += [verdict(case, name) for name in swept]
+            report += [*batch_size_needed(case, sizes, swept), ""]
+    if args.variants:
+        report += [
+            "",
+            "**Candidate delete_in_batches replacements** (bench/variants.py, swapped in for "
+            "the task in this process only)",
+            "",
+        ]
+        for case in (plain, cascade):
+            report += [*table(case, ["raw DELETE", default, fixed, *candidates]), ""]
+            report += [verdict(case, name) for name in candidates]
+            report.append("")
+    return report
 
 
 if __name__ == "__main__":
