@@ -98,6 +98,12 @@ STATIC_ROOT = BASE_DIR / ".local" / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGIN_URL = "admin:login"
 
+# Failure notices: EMAIL_URL as django-environ reads it (smtp://user:pw@host:587, consolemail://).
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="cleanups@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+ADMINS = [(address, address) for address in env.list("ADMINS", default=[])]
+
 # Durable Task engine. Names and meaning as in the eternal-orchestrations sample:
 # ENDPOINT unset or empty runs the embedded engine inside `runworker`.
 ENDPOINT = env.str("ENDPOINT", default="")
