@@ -17,6 +17,7 @@ from durabletask import client as dt_client
 from durabletask.internal import orchestrator_service_pb2 as pb
 
 from cleanups.durable.connection import get_client
+from cleanups.durable.orchestrations import RUN_NOW_EVENT
 from cleanups.models import INSTANCE_ID_PREFIX, CleanupSchedule
 
 ORCHESTRATION_NAME = "periodic_cleanup"
@@ -75,12 +76,7 @@ def start_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     try:
         return start_orchestration(schedule, fresh_start=True)
     except EngineUnavailable:
-        return ControlOutcome(
-            schedule,
-            Outcome.ENGINE_UNREACHABLE,
-            f"“{schedule}”: engine unreachable. Recorded as running; the worker starts it "
-            "when the engine is back.",
-        )
+        return _unreachable(schedule, "running")
 
 
 def terminate_schedule(schedule: CleanupSchedule) -> ControlOutcome:
@@ -88,8 +84,7 @@ def terminate_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     _set_desired_state(schedule, CleanupSchedule.DesiredState.STOPPED)
     try:
         with engine_call():
-            client = get_client()
-            state = client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+            client, state = _engine_state(schedule)
             if state is None or state.runtime_status not in LIVE_STATUSES:
                 return ControlOutcome(
                     schedule, Outcome.NOT_RUNNING, f"“{schedule}” was not running."
@@ -98,12 +93,7 @@ def terminate_schedule(schedule: CleanupSchedule) -> ControlOutcome:
                 schedule.instance_id, output="terminated by operator", recursive=False
             )
     except EngineUnavailable:
-        return ControlOutcome(
-            schedule,
-            Outcome.ENGINE_UNREACHABLE,
-            f"“{schedule}”: engine unreachable. Recorded as stopped; the worker terminates it "
-            "when the engine is back.",
-        )
+        return _unreachable(schedule, "stopped")
     return ControlOutcome(schedule, Outcome.TERMINATED, f"“{schedule}” terminated.")
 
 
@@ -118,8 +108,7 @@ def start_orchestration(
     already past is handled by the missed-run policy. Raises EngineUnavailable.
     """
     with engine_call():
-        client = get_client()
-        state = client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+        client, state = _engine_state(schedule)
         if state is not None and state.runtime_status in LIVE_STATUSES:
             return ControlOutcome(
                 schedule,
@@ -186,8 +175,7 @@ def pause_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     schedule.desired_state = CleanupSchedule.DesiredState.PAUSED
     try:
         with engine_call():
-            client = get_client()
-            state = client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+            client, state = _engine_state(schedule)
             if state is not None and state.runtime_status in LIVE_STATUSES:
                 client.suspend_orchestration(schedule.instance_id, reason="paused by operator")
     except EngineUnavailable:
@@ -211,8 +199,7 @@ def resume_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     schedule.resumed_at = now
     try:
         with engine_call():
-            client = get_client()
-            state = client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+            client, state = _engine_state(schedule)
             if state is not None and state.runtime_status == Status.SUSPENDED:
                 client.resume_orchestration(schedule.instance_id, reason="resumed by operator")
             elif state is None or state.runtime_status not in LIVE_STATUSES:
@@ -231,13 +218,12 @@ def run_now(schedule: CleanupSchedule, user: str = "") -> ControlOutcome:
         )
     try:
         with engine_call():
-            client = get_client()
-            state = client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+            client, state = _engine_state(schedule)
             if state is None or state.runtime_status not in LIVE_STATUSES:
                 return ControlOutcome(
                     schedule, Outcome.NOT_RUNNING, f"“{schedule}” has no live orchestration yet."
                 )
-            client.raise_orchestration_event(schedule.instance_id, "run_now", data={"by": user})
+            client.raise_orchestration_event(schedule.instance_id, RUN_NOW_EVENT, data={"by": user})
     except EngineUnavailable:
         return _unreachable(schedule, "running")
     return ControlOutcome(schedule, Outcome.RUN_REQUESTED, f"“{schedule}”: run requested.")
@@ -248,8 +234,7 @@ def restart_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     _set_desired_state(schedule, CleanupSchedule.DesiredState.RUNNING)
     try:
         with engine_call():
-            client = get_client()
-            state = client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+            client, state = _engine_state(schedule)
             if state is not None and state.runtime_status in LIVE_STATUSES:
                 client.terminate_orchestration(
                     schedule.instance_id, output="restarted by operator", recursive=False
@@ -266,11 +251,19 @@ def restart_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     return ControlOutcome(schedule, Outcome.STARTED, f"“{schedule}” restarted.")
 
 
+def _engine_state(
+    schedule: CleanupSchedule,
+) -> tuple[dt_client.TaskHubGrpcClient, dt_client.OrchestrationState | None]:
+    """The client, and the engine's state of the schedule's orchestration (None: no instance)."""
+    client = get_client()
+    return client, client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+
+
 def _unreachable(schedule: CleanupSchedule, state: str) -> ControlOutcome:
     return ControlOutcome(
         schedule,
         Outcome.ENGINE_UNREACHABLE,
-        f"“{schedule}”: engine unreachable. Recorded as {state}; the worker catches up when "
+        f"“{schedule}”: engine unreachable. Recorded as {state}; the worker acts on it when "
         "the engine is back.",
     )
 

@@ -244,9 +244,7 @@ def _record_skipped(
             "worker": worker_id(),
         },
     )
-    CleanupSchedule.objects.filter(pk=schedule.pk, current_iteration__lt=iteration).update(
-        current_iteration=iteration
-    )
+    _advance_iteration(schedule, iteration)
     return row
 
 
@@ -305,10 +303,14 @@ def _begin_run(
                 changes["parts"] = part + 1
             CleanupRun.objects.filter(pk=run.pk).update(**changes)
             run.refresh_from_db()
-        CleanupSchedule.objects.filter(pk=schedule.pk, current_iteration__lt=iteration).update(
-            current_iteration=iteration
-        )
+        _advance_iteration(schedule, iteration)
     return run
+
+
+def _advance_iteration(schedule: CleanupSchedule, iteration: int) -> None:
+    CleanupSchedule.objects.filter(pk=schedule.pk, current_iteration__lt=iteration).update(
+        current_iteration=iteration
+    )
 
 
 def _abandon_run(schedule_id: int, iteration: int, reason: str) -> None:
