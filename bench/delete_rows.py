@@ -47,7 +47,7 @@ when no lock is held; this measures the lock itself.)
 
 Targets (for delete_old_rows): at least 0.7x the raw DELETE's rows/s, and no transaction longer
 than 250 ms. ``--sweep`` also runs the task at several fixed batch sizes and estimates from those
-runs which batch sizes would meet both; ``--variants`` measures candidate replacements of
+runs which batch sizes would meet both; ``--variants`` measures other ways of doing
 ``cleanups.registry.delete_in_batches`` (bench/variants.py), swapped in for the task in this
 process only (the project's files are not touched).
 

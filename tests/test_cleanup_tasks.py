@@ -391,3 +391,31 @@ def test_purge_orchestrations_rejects_bad_params():
     assert "more than 0" in invalid("purge_orchestrations", {"older_than_days": 0})
     assert "Unknown parameter(s): days" in invalid("purge_orchestrations", {"days": 3})
     assert get_task("purge_orchestrations").clean_params({}) == {"older_than_days": 7}
+
+
+def test_each_batch_takes_the_cheapest_correct_path():
+    from django.db.models.signals import pre_delete
+
+    from cleanups.registry import sql_cascade_plan
+
+    assert sql_cascade_plan(Event.objects.all()) is None  # nothing depends: fast path
+    assert sql_cascade_plan(Audited.objects.all()) is None  # signals: the collector
+    assert sql_cascade_plan(Parent.objects.all()) == [Child._meta.get_field("parent")]
+
+    seen = []
+
+    def on_child_delete(sender, instance, **kwargs):
+        seen.append(instance.pk)
+
+    pre_delete.connect(on_child_delete, sender=Child)
+    try:
+        assert sql_cascade_plan(Parent.objects.all()) is None  # a child listens: the collector
+        parent = Parent.objects.create(created_at=timezone.now() - 40 * DAY)
+        children = Child.objects.bulk_create(Child(parent=parent) for _ in range(2))
+        run_task(
+            "delete_old_rows",
+            {"model": "testapp.Parent", "field": "created_at", "older_than_days": 30},
+        )
+        assert sorted(seen) == sorted(c.pk for c in children)
+    finally:
+        pre_delete.disconnect(on_child_delete, sender=Child)
