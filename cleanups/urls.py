@@ -5,6 +5,8 @@ from cleanups import views
 app_name = "cleanups"
 
 urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("status.json", views.dashboard_status, name="dashboard_status"),
     path("schedules/<int:pk>/runs/", views.schedule_runs, name="schedule_runs"),
     path("runs/<int:pk>/", views.run_detail, name="run_detail"),
     path("schedules/preview/", views.cadence_preview, name="cadence_preview"),

@@ -1,5 +1,6 @@
 """Run-history pages: staff only, a fixed number of queries whatever the number of runs."""
 
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -7,12 +8,17 @@ from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
+from django.db.models import F, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime, parse_duration
 
 from cleanups.cadence import preview_times
+from cleanups.control import EngineUnavailable, fetch_runtime_states, runtime_status_label
 from cleanups.formatting import human_duration
 from cleanups.models import MIN_INTERVAL, CleanupRun, CleanupSchedule
 
@@ -92,4 +98,123 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "run": run,
             "targets": sorted((run.details or {}).get("targets", {}).items()),
         },
+    )
+
+
+STRIP_RUNS = 20
+
+
+def _recent_runs(schedules: list[CleanupSchedule]) -> dict[int, list[CleanupRun]]:
+    """The newest STRIP_RUNS runs of every schedule, in one query (an index range per schedule)."""
+    cutoff = (
+        CleanupRun.objects.filter(schedule=OuterRef("schedule"))
+        .order_by("-iteration")
+        .values("iteration")[STRIP_RUNS - 1 : STRIP_RUNS]
+    )
+    runs = (
+        CleanupRun.objects.filter(schedule__in=[s.pk for s in schedules])
+        .annotate(cutoff=Coalesce(Subquery(cutoff), Value(0)))
+        .filter(iteration__gte=F("cutoff"))
+        .only(
+            "schedule_id",
+            "iteration",
+            "status",
+            "dry_run",
+            "trigger",
+            "started_at",
+            "duration",
+            "items_deleted",
+        )
+        .order_by("schedule_id", "-iteration")
+    )
+    by_schedule: dict[int, list[CleanupRun]] = {s.pk: [] for s in schedules}
+    for run in runs:
+        by_schedule[run.schedule_id].append(run)
+    return by_schedule
+
+
+def dashboard_rows(request: HttpRequest) -> tuple[list[dict[str, object]], dict[str, int], bool]:
+    """Per schedule: live state, recent runs, success rate, last and next run, 24 h deletions."""
+    since = timezone.now() - timedelta(hours=24)
+    schedules = list(
+        CleanupSchedule.objects.annotate(
+            deleted_24h=Coalesce(
+                Sum(
+                    "runs__items_deleted",
+                    filter=Q(runs__started_at__gte=since, runs__dry_run=False),
+                ),
+                Value(0),
+            )
+        ).order_by("name")
+    )
+    recent = _recent_runs(schedules)
+    try:
+        states = fetch_runtime_states(s.instance_id for s in schedules)
+        engine_up = True
+    except EngineUnavailable:
+        states, engine_up = {}, False
+    rows = []
+    totals = {"running": 0, "paused": 0, "failing": 0, "recovering": 0}
+    for schedule in schedules:
+        runs = recent[schedule.pk]
+        finished = [r for r in runs if r.status in ("succeeded", "failed", "interrupted")]
+        rate = (
+            round(100 * sum(r.status == "succeeded" for r in finished) / len(finished))
+            if finished
+            else None
+        )
+        last = next((r for r in runs if r.status != "skipped"), None)
+        failing = bool(last and last.status == "failed")
+        runtime = runtime_status_label(states.get(schedule.instance_id)) if engine_up else ""
+        if schedule.recovering_since:
+            totals["recovering"] += 1
+        elif schedule.desired_state == "paused":
+            totals["paused"] += 1
+        elif schedule.desired_state == "running":
+            totals["running"] += 1
+        totals["failing"] += failing
+        rows.append(
+            {
+                "schedule": schedule,
+                "runtime": runtime,
+                "recovering": bool(schedule.recovering_since),
+                "strip": list(reversed(runs)),
+                "success_rate": rate,
+                "last": last,
+                "failing": failing,
+                "deleted_24h": schedule.deleted_24h,
+            }
+        )
+    return rows, totals, engine_up
+
+
+@staff_member_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    rows, totals, engine_up = dashboard_rows(request)
+    return render(
+        request,
+        "cleanups/dashboard.html",
+        {
+            **admin.site.each_context(request),
+            "title": "Cleanups dashboard",
+            "rows": rows,
+            "totals": totals,
+            "engine_up": engine_up,
+            "status_url": reverse("cleanups:dashboard_status"),
+        },
+    )
+
+
+@staff_member_required
+def dashboard_status(request: HttpRequest) -> JsonResponse:
+    """The dashboard's live parts, for its refresh without a reload."""
+    rows, totals, engine_up = dashboard_rows(request)
+    return JsonResponse(
+        {
+            "engine_up": engine_up,
+            "totals": totals,
+            "html": render_to_string(
+                "cleanups/_dashboard_rows.html", {"rows": rows, "engine_up": engine_up}, request
+            ),
+        }
     )

@@ -23,3 +23,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # An app of the tests' own: models to clean up and a custom cleanup task.
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
+
+# Static files from the apps, as in development (collectstatic is tested on its own).
+WHITENOISE_USE_FINDERS = True

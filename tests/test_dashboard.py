@@ -1,0 +1,101 @@
+"""The dashboard: totals, a strip of recent runs per schedule, and its live JSON endpoint."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from cleanups.models import CleanupRun, CleanupSchedule
+
+pytestmark = pytest.mark.django_db
+DASHBOARD = "cleanups:dashboard"
+
+
+def add_runs(schedule, statuses, *, hours_ago=1.0, items=10, dry_run=False):
+    start = schedule.runs.count() + 1
+    now = timezone.now()
+    CleanupRun.objects.bulk_create(
+        CleanupRun(
+            schedule=schedule,
+            iteration=start + n,
+            status=status,
+            task=schedule.task,
+            started_at=now - timedelta(hours=hours_ago) + timedelta(seconds=n),
+            duration=timedelta(seconds=2),
+            items_deleted=items,
+            dry_run=dry_run,
+        )
+        for n, status in enumerate(statuses)
+    )
+
+
+def test_the_dashboard_answers_alive_what_happened_and_what_fails(
+    admin_client, engine_port, make_schedule
+):
+    good = make_schedule(name="good")
+    bad = make_schedule(name="bad")
+    CleanupSchedule.objects.filter(pk=good.pk).update(desired_state="running")
+    CleanupSchedule.objects.filter(pk=bad.pk).update(desired_state="paused")
+    add_runs(good, ["succeeded"] * 25, hours_ago=30, items=1000)  # old: not in the last 24 h
+    add_runs(good, ["succeeded", "failed", "succeeded", "interrupted"], items=7)
+    add_runs(good, ["succeeded"], items=500, dry_run=True)  # a dry run deleted nothing
+    add_runs(bad, ["succeeded", "failed", "failed"], items=3)
+
+    html = admin_client.get(reverse(DASHBOARD)).content.decode()
+
+    totals = dict(re.findall(r'data-total="(\w+)">(\d+)<', html))
+    assert totals == {"running": "1", "paused": "1", "failing": "1", "recovering": "0"}
+    strips = re.findall(r'<span class="strip" role="img" aria-label="([^"]*)"', html)
+    bad_strip, good_strip = strips  # ordered by name
+    assert bad_strip == "Succeeded, Failed, Failed"
+    assert good_strip.count(",") == 19  # the last 20 runs only
+    assert good_strip.endswith("Succeeded, Failed, Succeeded, Interrupted, Succeeded (dry run)")
+    assert ">33%<" in html  # bad: 1 of 3
+    assert ">90%<" in html  # good: 18 of its last 20 succeeded (one failed, one interrupted)
+    assert ">28<" in html and ">9<" in html  # deleted in the last 24 h, dry runs excluded
+    assert html.count("engine is unreachable") == 1
+
+
+def test_the_dashboard_makes_a_fixed_number_of_queries(admin_client, engine_port, make_schedule):
+    first = make_schedule(name="s0")
+    add_runs(first, ["succeeded"] * 3)
+    url = reverse(DASHBOARD)
+    admin_client.get(url)
+    with CaptureQueriesContext(connection) as small:
+        admin_client.get(url)
+
+    for n in range(1, 12):
+        add_runs(make_schedule(name=f"s{n}"), ["succeeded", "failed"] * 40)
+    with CaptureQueriesContext(connection) as large:
+        response = admin_client.get(url)
+    assert response.status_code == 200
+    assert len(large) == len(small)
+
+
+def test_the_live_endpoint_returns_the_rows_and_totals(admin_client, engine_port, make_schedule):
+    schedule = make_schedule(name="live")
+    add_runs(schedule, ["failed"])
+    data = admin_client.get(reverse("cleanups:dashboard_status")).json()
+    assert data["engine_up"] is False
+    assert data["totals"]["failing"] == 1
+    assert "live" in data["html"] and "mark-failed" in data["html"]
+
+
+def test_the_dashboard_shows_live_engine_state(admin_client, engine, make_schedule):
+    make_schedule(name="idle")
+    html = admin_client.get(reverse(DASHBOARD)).content.decode()
+    assert "engine: not started" in html
+    assert "unreachable" not in html
+
+
+def test_the_dashboard_is_for_staff_only(make_schedule):
+    for url in (reverse(DASHBOARD), reverse("cleanups:dashboard_status")):
+        response = Client().get(url)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"]
