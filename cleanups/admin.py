@@ -310,7 +310,11 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
     def run_history(self, schedule: CleanupSchedule) -> str:
         if schedule.pk is None:
             return "–"
-        return format_html('<a href="{}">Run history</a>', schedule.get_runs_url())
+        return format_html(
+            '<a href="{}">Overview</a> · <a href="{}">Run history</a>',
+            reverse("cleanups:schedule_detail", args=[schedule.pk]),
+            schedule.get_runs_url(),
+        )
 
     def _report(self, request: HttpRequest, outcomes: list[ControlOutcome]) -> None:
         for outcome in outcomes:

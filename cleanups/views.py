@@ -1,6 +1,10 @@
 """Run-history pages: staff only, a fixed number of queries whatever the number of runs."""
 
+import csv
+import json
+from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
@@ -8,9 +12,9 @@ from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.db.models import F, OuterRef, Q, Subquery, Sum, Value
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -18,36 +22,139 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime, parse_duration
 
 from cleanups.cadence import preview_times
-from cleanups.control import EngineUnavailable, fetch_runtime_states, runtime_status_label
+from cleanups.charts import run_chart
+from cleanups.control import (
+    EngineUnavailable,
+    engine_call,
+    fetch_runtime_states,
+    runtime_status_label,
+)
+from cleanups.durable.connection import get_client
 from cleanups.formatting import human_duration
+from cleanups.forms import RunFilterForm
 from cleanups.models import MIN_INTERVAL, CleanupRun, CleanupSchedule
 
 RUNS_PER_PAGE = 50
 
 
-@staff_member_required
-def schedule_runs(request: HttpRequest, pk: int) -> HttpResponse:
-    schedule = get_object_or_404(CleanupSchedule, pk=pk)
-    runs = schedule.runs.order_by("-iteration")
-    status = request.GET.get("status", "")
-    if status in CleanupRun.Status.values:
-        runs = runs.filter(status=status)
-    else:
-        status = ""
+CSV_COLUMNS = [
+    ("schedule", "schedule__name"),
+    ("iteration", "iteration"),
+    ("status", "status"),
+    ("trigger", "trigger"),
+    ("dry_run", "dry_run"),
+    ("started_at", "started_at"),
+    ("finished_at", "finished_at"),
+    ("duration_seconds", "duration"),
+    ("items_deleted", "items_deleted"),
+    ("message", "message"),
+    ("error", "error"),
+]
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_response(runs: QuerySet[CleanupRun], filename: str) -> StreamingHttpResponse:
+    """The runs as CSV, streamed in chunks: a million rows never sit in memory at once."""
+    writer = csv.writer(_Echo())
+    fields = [field for _, field in CSV_COLUMNS]
+
+    def rows() -> Iterator[str]:
+        yield writer.writerow([name for name, _ in CSV_COLUMNS])
+        for values in runs.values_list(*fields).iterator(chunk_size=2000):
+            row = list(values)
+            duration = row[fields.index("duration")]
+            row[fields.index("duration")] = "" if duration is None else duration.total_seconds()
+            yield writer.writerow(row)
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def _run_list(
+    request: HttpRequest, runs: QuerySet[CleanupRun], schedule: CleanupSchedule | None
+) -> HttpResponse:
+    form = RunFilterForm(request.GET)
+    runs = form.filter(runs)
+    if request.GET.get("format") == "csv":
+        name = f"runs-{schedule.pk}.csv" if schedule else "runs.csv"
+        return _csv_response(runs, name)
     page = Paginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))
+    query = request.GET.copy()
+    query.pop("page", None)
+    query.pop("format", None)
+    status = form.cleaned_data.get("status", "") if form.is_valid() else ""
     return render(
         request,
         "cleanups/schedule_runs.html",
         {
             **admin.site.each_context(request),
-            "title": f"Run history: {schedule}",
+            "title": f"Run history: {schedule}" if schedule else "Run history: all schedules",
             "schedule": schedule,
-            "interval": human_duration(schedule.interval),
+            "interval": human_duration(schedule.interval) if schedule else "",
             "page": page,
+            "form": form,
             "status": status,
             "statuses": CleanupRun.Status.choices,
+            "query": query.urlencode(),
+            "status_query": _without(query, "status"),
         },
     )
+
+
+def _without(query: Any, key: str) -> str:
+    rest = query.copy()
+    rest.pop(key, None)
+    return rest.urlencode()
+
+
+@staff_member_required
+def schedule_runs(request: HttpRequest, pk: int) -> HttpResponse:
+    schedule = get_object_or_404(CleanupSchedule, pk=pk)
+    return _run_list(request, schedule.runs.order_by("-iteration"), schedule)
+
+
+CHART_RUNS = 100
+
+
+@staff_member_required
+def schedule_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    """A schedule: its configuration, its live orchestration, a chart, its newest runs."""
+    schedule = get_object_or_404(CleanupSchedule, pk=pk)
+    newest = list(schedule.runs.order_by("-iteration")[:CHART_RUNS])
+    engine_error = ""
+    state = None
+    try:
+        with engine_call():
+            state = get_client().get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+    except EngineUnavailable:
+        engine_error = "The Durable Task engine is unreachable: live state is unknown."
+    return render(
+        request,
+        "cleanups/schedule_detail.html",
+        {
+            **admin.site.each_context(request),
+            "title": str(schedule),
+            "schedule": schedule,
+            "interval": human_duration(schedule.interval),
+            "state": state,
+            "runtime": runtime_status_label(state),
+            "custom_status": state.serialized_custom_status if state else "",
+            "engine_error": engine_error,
+            "chart": run_chart(list(reversed(newest))),
+            "recent": newest[:20],
+        },
+    )
+
+
+@staff_member_required
+def all_runs(request: HttpRequest) -> HttpResponse:
+    runs = CleanupRun.objects.select_related("schedule").order_by("-started_at", "-pk")
+    return _run_list(request, runs, None)
 
 
 @staff_member_required
@@ -97,6 +204,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "title": f"{run.schedule} · iteration {run.iteration}",
             "run": run,
             "targets": sorted((run.details or {}).get("targets", {}).items()),
+            "config": json.dumps(run.config, indent=2, sort_keys=True),
         },
     )
 
