@@ -141,6 +141,7 @@ def schedule_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "title": str(schedule),
             "schedule": schedule,
             "interval": human_duration(schedule.interval),
+            "params": json.dumps(schedule.params, sort_keys=True),
             "state": state,
             "runtime": runtime_status_label(state),
             "custom_status": state.serialized_custom_status if state else "",

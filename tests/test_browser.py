@@ -1,0 +1,148 @@
+"""The pages in a real browser: Playwright driving Debian's Chromium against a live server,
+with a real worker on the SDK's in-memory engine. Screenshots go to test-artifacts/screenshots."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from cleanups.models import CleanupRun, CleanupSchedule
+from tests.conftest import ROOT
+
+# Playwright's sync API runs an event loop in this thread; the ORM calls the test makes between
+# browser steps are still plain synchronous calls.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="bin/test installs Debian's chromium"),
+]
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    print(f"\nscreenshots: {SHOTS}")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, live_server, django_user_model):
+    django_user_model.objects.create_superuser("admin", "admin@example.com", "pw-browser-test")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(20_000)
+    page.goto(f"{live_server.url}/admin/login/?next=/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "pw-browser-test")
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{live_server.url}/")
+    yield page
+    page.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def act(page, live_server, schedule: CleanupSchedule, action: str) -> None:
+    page.goto(f"{live_server.url}/admin/cleanups/cleanupschedule/")
+    page.check(f"input[name=_selected_action][value='{schedule.pk}']")
+    page.select_option("select[name=action]", action)
+    page.click("button[name=index]")
+    page.wait_for_selector("ul.messagelist")
+
+
+def test_an_operator_runs_a_schedule_end_to_end(page, live_server, worker, durable_client):
+    base = live_server.url
+    shot(page, "01-dashboard-empty")
+
+    page.goto(f"{base}/admin/cleanups/cleanupschedule/add/")
+    page.fill("#id_name", "browser sample")
+    page.select_option("#id_task", "sample")
+    page.fill("#id_params", '{"seconds": 0}')
+    page.fill("#id_interval", "00:00:01")
+    page.wait_for_selector("#upcoming-runs div")  # the live preview of the next runs
+    shot(page, "02-add-form")
+    page.click("input[name=_save]")
+    page.wait_for_selector("ul.messagelist")
+    schedule = CleanupSchedule.objects.get(name="browser sample")
+
+    act(page, live_server, schedule, "start_schedules")
+    assert "started at iteration 1" in page.inner_text("ul.messagelist")
+
+    page.goto(f"{base}/")
+    row = page.locator("tr", has_text="browser sample")
+    # New runs appear without a reload: the strip fills from the live endpoint.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('tr')].some(r => r.textContent.includes("
+        "'browser sample') && r.querySelectorAll('.mark-succeeded').length >= 3)"
+    )
+    assert "Succeeded" in row.locator(".strip").get_attribute("aria-label")
+    shot(page, "03-dashboard-running")
+
+    failing = CleanupSchedule.objects.create(
+        name="browser failing",
+        task="testapp_always_fails",
+        params={},
+        interval=__import__("datetime").timedelta(seconds=30),
+    )
+    failing.start()
+    run = _wait_for(lambda: CleanupRun.objects.filter(schedule=failing, status="failed").first())
+    page.goto(f"{base}{run.get_absolute_url()}")
+    assert "RuntimeError: the disk is on fire" in page.inner_text("p.errornote")
+    assert "Traceback (most recent call last)" in page.inner_text("pre.traceback")
+    shot(page, "04-failed-run")
+
+    page.goto(f"{base}/schedules/{schedule.pk}/")
+    assert re.search(r"Last \d+ runs: median duration", page.inner_text("figcaption"))
+    shot(page, "05-schedule-page")
+    page.goto(f"{base}/runs/")
+    shot(page, "06-all-runs")
+
+    act(page, live_server, schedule, "pause_schedules")
+    assert "paused" in page.inner_text("ul.messagelist")
+    shot(page, "07-paused")
+    act(page, live_server, schedule, "resume_schedules")
+    assert "resumed" in page.inner_text("ul.messagelist")
+    act(page, live_server, schedule, "terminate_schedules")
+    assert "terminated" in page.inner_text("ul.messagelist")
+    schedule.refresh_from_db()
+    assert schedule.desired_state == "stopped"
+
+    page.set_viewport_size({"width": 400, "height": 900})
+    for path, name in [
+        ("/", "08-dashboard-400px"),
+        (f"/schedules/{schedule.pk}/runs/", "09-runs-400px"),
+    ]:
+        page.goto(base + path)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 420, f"{path} is {width}px wide at a 400px viewport"
+        shot(page, name)
+
+
+def _wait_for(predicate, timeout: float = 20.0):
+    from tests.conftest import wait_until
+
+    return wait_until(predicate, timeout=timeout)
