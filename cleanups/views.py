@@ -197,15 +197,27 @@ def cadence_preview(request: HttpRequest) -> JsonResponse:
 @staff_member_required
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(CleanupRun.objects.select_related("schedule"), pk=pk)
+    context = {
+        "run": run,
+        "targets": sorted((run.details or {}).get("targets", {}).items()),
+        "config": json.dumps(run.config, indent=2, sort_keys=True),
+    }
+    if request.GET.get("live"):
+        # The live part only, while the run is going: its progress without a reload.
+        return JsonResponse(
+            {
+                "html": render_to_string("cleanups/_run_body.html", context, request),
+                "totals": {},
+                "done": run.status != CleanupRun.Status.RUNNING,
+            }
+        )
     return render(
         request,
         "cleanups/run_detail.html",
         {
             **admin.site.each_context(request),
             "title": f"{run.schedule} · iteration {run.iteration}",
-            "run": run,
-            "targets": sorted((run.details or {}).get("targets", {}).items()),
-            "config": json.dumps(run.config, indent=2, sort_keys=True),
+            **context,
         },
     )
 

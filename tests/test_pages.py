@@ -133,3 +133,20 @@ def test_a_run_page_shows_the_configuration_it_ran_with(admin_client, make_sched
     html = admin_client.get(run.get_absolute_url()).content.decode()
     assert "Manual (run now) by alice" in html
     assert "&quot;seconds&quot;: 3" in html
+
+
+def test_a_running_run_page_refreshes_its_progress(admin_client, make_schedule):
+    schedule = make_schedule()
+    run = CleanupRun.objects.create(
+        schedule=schedule, iteration=1, task="sample", started_at=timezone.now(), items_deleted=5
+    )
+    html = admin_client.get(run.get_absolute_url()).content.decode()
+    assert 'data-live-url="?live=1"' in html and "5 so far" in html
+
+    CleanupRun.objects.filter(pk=run.pk).update(items_deleted=4200)
+    live = admin_client.get(run.get_absolute_url(), {"live": "1"}).json()
+    assert "4200 so far" in live["html"] and live["done"] is False
+
+    CleanupRun.objects.filter(pk=run.pk).update(status="succeeded")
+    assert admin_client.get(run.get_absolute_url(), {"live": "1"}).json()["done"] is True
+    assert "data-live-url" not in admin_client.get(run.get_absolute_url()).content.decode()

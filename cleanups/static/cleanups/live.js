@@ -11,7 +11,8 @@
       .then(function (data) {
         if (!data) return;
         document.getElementById("live-rows").innerHTML = data.html;
-        Object.keys(data.totals).forEach(function (key) {
+        if (data.done) stop();  // e.g. a run that has finished: nothing more will change
+        Object.keys(data.totals || {}).forEach(function (key) {
           var el = root.querySelector('[data-total="' + key + '"]');
           if (el) el.textContent = data.totals[key];
         });
