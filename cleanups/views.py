@@ -133,22 +133,34 @@ def schedule_detail(request: HttpRequest, pk: int) -> HttpResponse:
             state = get_client().get_orchestration_state(schedule.instance_id, fetch_payloads=False)
     except EngineUnavailable:
         engine_error = "The Durable Task engine is unreachable: live state is unknown."
+    context = {
+        "schedule": schedule,
+        "interval": human_duration(schedule.interval),
+        "params": json.dumps(schedule.params, sort_keys=True),
+        "state": state,
+        "runtime": runtime_status_label(state),
+        "custom_status": state.serialized_custom_status if state else "",
+        "engine_error": engine_error,
+        "chart": run_chart(list(reversed(newest))),
+        "recent": newest[:20],
+    }
+    if request.GET.get("live"):
+        # The parts that change while the schedule runs: its orchestration and newest runs.
+        return JsonResponse(
+            {
+                "html": render_to_string("cleanups/_schedule_engine.html", context, request),
+                "extra": {
+                    "live-runs": render_to_string(
+                        "cleanups/_schedule_newest.html", context, request
+                    )
+                },
+                "done": not schedule.is_alive,
+            }
+        )
     return render(
         request,
         "cleanups/schedule_detail.html",
-        {
-            **admin.site.each_context(request),
-            "title": str(schedule),
-            "schedule": schedule,
-            "interval": human_duration(schedule.interval),
-            "params": json.dumps(schedule.params, sort_keys=True),
-            "state": state,
-            "runtime": runtime_status_label(state),
-            "custom_status": state.serialized_custom_status if state else "",
-            "engine_error": engine_error,
-            "chart": run_chart(list(reversed(newest))),
-            "recent": newest[:20],
-        },
+        {**admin.site.each_context(request), "title": str(schedule), **context},
     )
 
 

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from cleanups.models import CleanupRun
+from cleanups.models import CleanupRun, CleanupSchedule
 
 pytestmark = pytest.mark.django_db
 
@@ -150,3 +150,18 @@ def test_a_running_run_page_refreshes_its_progress(admin_client, make_schedule):
     CleanupRun.objects.filter(pk=run.pk).update(status="succeeded")
     assert admin_client.get(run.get_absolute_url(), {"live": "1"}).json()["done"] is True
     assert "data-live-url" not in admin_client.get(run.get_absolute_url()).content.decode()
+
+
+def test_a_live_schedule_page_refreshes_its_orchestration_and_runs(
+    admin_client, engine_port, make_schedule
+):
+    schedule = make_schedule(name="watched")
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="running")
+    url = reverse("cleanups:schedule_detail", args=[schedule.pk])
+    assert 'data-live-url="?live=1"' in admin_client.get(url).content.decode()
+
+    add_runs(schedule, 2)
+    live = admin_client.get(url, {"live": "1"}).json()
+    assert "engine is unreachable" in live["html"]
+    assert live["extra"]["live-runs"].count("/runs/") == 2
+    assert live["done"] is False

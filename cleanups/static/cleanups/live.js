@@ -11,6 +11,10 @@
       .then(function (data) {
         if (!data) return;
         document.getElementById("live-rows").innerHTML = data.html;
+        Object.keys(data.extra || {}).forEach(function (id) {
+          var part = document.getElementById(id);
+          if (part) part.innerHTML = data.extra[id];
+        });
         if (data.done) stop();  // e.g. a run that has finished: nothing more will change
         Object.keys(data.totals || {}).forEach(function (key) {
           var el = root.querySelector('[data-total="' + key + '"]');
