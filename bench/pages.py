@@ -6,8 +6,12 @@
 say, and leaves nothing behind).
 
 Data. A fresh database is migrated in a new temporary directory and a superuser created. It gets
-``--schedules`` schedules (bulk inserted with the raw sqlite3 connection's executemany) and one
-run per schedule: the small case. Every page is timed. Then the runs are topped up to ``--runs``
+``--schedules`` schedules (bulk inserted with the raw sqlite3 connection's executemany) and as
+many runs: the small case. By default (``--small-layout full``) schedule 1, whose pages are
+timed, has 100 of them (its chart's full width, two pages of history) and the next 900
+schedules one each, so that a page shows as much at both sizes and the ratio measures the data,
+not a page drawing 50 rows instead of 1; ``--small-layout even`` gives every schedule one run.
+Every page is timed. Then the runs are topped up to ``--runs``
 in all (about ``--runs / --schedules`` per schedule, iterations 1..N per schedule), inserted in
 the order a growing table gets them: oldest first, the schedules interleaved, so started_at
 rises with the primary key. The runs are spread over the last 60 days, the newest few within
@@ -33,13 +37,14 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -73,6 +78,7 @@ from django.utils import timezone
 from cleanups.models import INSTANCE_ID_PREFIX, CleanupRun, CleanupSchedule
 
 TARGET_RATIO = 2.0
+FULL_PAGE = 100  # the schedule page's chart draws 100 runs; a run-history page shows 50
 DAYS = 60
 CHUNK = 50_000  # runs per executemany transaction
 # Status mix of the runs (weights): mostly succeeded, some failed, skipped, interrupted.
@@ -209,9 +215,11 @@ def per_schedule(total: int, schedules: int) -> list[int]:
     return [base + (1 if index < extra else 0) for index in range(schedules)]
 
 
-def fill_runs(schedules: int, total: int, first: int, last: int, now: datetime) -> None:
-    """Iterations ``first``..``last`` of every schedule (of the ``total`` runs the layout has),
-    oldest first with the schedules interleaved.
+def fill_runs(
+    schedules: int, total: int, now: datetime, small: Callable[[int, int], bool], want: bool
+) -> None:
+    """The runs of the ``total``-run layout for which ``small(schedule pk, iteration)`` is
+    ``want``, oldest first with the schedules interleaved.
 
     Iteration i of a schedule with N runs starts (N - i) / (N - 1) of DAYS days ago (the newest
     minutes ago, so the last 24 hours hold about N / DAYS runs of each schedule), plus a small
@@ -220,20 +228,23 @@ def fill_runs(schedules: int, total: int, first: int, last: int, now: datetime) 
     counts = per_schedule(total, schedules)
     most = max(counts)
     step = timedelta(days=DAYS) / max(most - 1, 1)
-    rng = random.Random(20_240_601 + first)
+    rng = random.Random(20_240_601 + want)
     statuses, weights = list(STATUS_WEIGHTS), list(STATUS_WEIGHTS.values())
     config = {
         task: json.dumps({"task": task, "params": params, "dry_run": False, "interval": 300.0})
         for task, params in TASKS
     }
     details = json.dumps({"targets": {"sessions.Session": {"items": 3, "bytes": 0}}})
-    last = min(last, most)
-    todo = sum(max(min(count, last) - first + 1, 0) for count in counts)
+    todo = sum(
+        small(index + 1, iteration) == want
+        for index, count in enumerate(counts)
+        for iteration in range(1, count + 1)
+    )
 
     def rows() -> Iterator[tuple]:
-        for iteration in range(first, last + 1):
+        for iteration in range(1, most + 1):
             for index, count in enumerate(counts):
-                if iteration > count:
+                if iteration > count or small(index + 1, iteration) != want:
                     continue
                 pk = index + 1
                 task = TASKS[pk % len(TASKS)][0]
@@ -277,9 +288,9 @@ def fill_runs(schedules: int, total: int, first: int, last: int, now: datetime) 
         insert(CleanupRun._meta.db_table, RUN_COLUMNS, rows(), todo, "runs")
     with db.cursor() as cursor:  # the schedules' newest iteration, as the activities keep it
         cursor.execute(
-            f"UPDATE {CleanupSchedule._meta.db_table} SET current_iteration = ("
+            f"UPDATE {CleanupSchedule._meta.db_table} SET current_iteration = COALESCE(("
             f"SELECT MAX(iteration) FROM {CleanupRun._meta.db_table} "
-            f"WHERE schedule_id = {CleanupSchedule._meta.db_table}.id)"
+            f"WHERE schedule_id = {CleanupSchedule._meta.db_table}.id), 0)"
         )
 
 
@@ -308,9 +319,10 @@ def page_urls() -> dict[str, str]:
 class Result:
     """A page's median time and its queries, each with the time it takes to its last row."""
 
-    def __init__(self, ms: float, queries: list[tuple[str, float]]) -> None:
+    def __init__(self, ms: float, queries: list[tuple[str, float]], drawn: str) -> None:
         self.ms = ms
         self.queries = queries
+        self.drawn = drawn
 
 
 def fetch_ms(sql: str) -> float:
@@ -337,7 +349,9 @@ def measure(client: Client, repeat: int, tag: str) -> dict[str, Result]:
         with CaptureQueriesContext(db) as captured:
             client.get(url)
         queries = [(query["sql"], fetch_ms(query["sql"])) for query in captured.captured_queries]
-        results[name] = Result(statistics.median(times) * 1000, queries)
+        html = warm.content.decode()
+        drawn = f"{html.count('<tr')}, {html.count('mark mark-')}"
+        results[name] = Result(statistics.median(times) * 1000, queries, drawn)
         say(f"    [{tag}] {name}: {results[name].ms:.1f} ms, {len(captured)} queries")
     return results
 
@@ -348,6 +362,11 @@ def short(sql: str) -> str:
         return sql
     tail = sql[sql.find(" FROM ") :] if " FROM " in sql else ""
     return f"{sql[:40]} ...{tail[:120]}{' ...' if len(tail) > 120 else ''}"
+
+
+def readable(sql: str) -> str:
+    """A query as the report shows it: a long IN list of ids cut to its ends."""
+    return re.sub(r"IN \((\d+), (?:\d+, )+(\d+)\)", r"IN (\1, ..., \2)", sql)
 
 
 def explain(sql: str) -> list[str]:
@@ -372,9 +391,17 @@ def report(
         f"**Pages: {args.schedules:,} schedules, {small_runs:,} runs vs {args.runs:,} runs "
         f"(SQLite, django.test.Client, median of {args.repeat} after one warm-up)**",
         "",
+        "Small case: "
+        + (
+            "the timed schedule has a full chart and page of runs, the others one run or none."
+            if args.small_layout == "full"
+            else "every schedule has one run."
+        ),
+        "",
         f"| page | ms at {small_runs:,} runs | ms at {args.runs:,} runs | ratio "
-        f"| queries ({small_runs:,} / {args.runs:,}) | target (<= {TARGET_RATIO:.0f}x) |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        f"| queries ({small_runs:,} / {args.runs:,}) | table rows, run marks drawn "
+        f"| target (<= {TARGET_RATIO:.0f}x) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     missed = []
     for name, before in small.items():
@@ -387,7 +414,7 @@ def report(
         lines.append(
             f"| {name} | {before.ms:.1f} | {after.ms:.1f} | {ratio:.2f}x "
             f"| {len(before.queries)} / {len(after.queries)}{'' if fixed else ' (grew)'} "
-            f"| {'met' if met else 'NOT MET'} |"
+            f"| {before.drawn} / {after.drawn} | {'met' if met else 'NOT MET'} |"
         )
     lines.append("")
     if not missed:
@@ -411,7 +438,7 @@ def report(
             f"The slowest ({ms:.0f} ms):",
             "",
             "```sql",
-            sql,
+            readable(sql),
             "```",
             "",
             "EXPLAIN QUERY PLAN:",
@@ -435,6 +462,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--repeat", type=int, default=7, help="timed requests per page (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--small-layout",
+        choices=["full", "even"],
+        default="full",
+        help="the small case's runs: 'full' gives the timed schedule a full chart and page "
+        "(%(default)s); 'even' gives every schedule one run",
     )
     args = parser.parse_args()
     if args.schedules < 1 or args.repeat < 1:
@@ -465,13 +499,26 @@ def run(args: argparse.Namespace, workdir: Path) -> list[str]:
     now = timezone.now()
 
     fill_schedules(args.schedules, now)
-    fill_runs(args.schedules, args.runs, 1, 1, now)  # iteration 1 of each: the oldest run
+    full = min(FULL_PAGE, args.schedules, per_schedule(args.runs, args.schedules)[0])
+    if args.small_layout == "full":
+        # Schedule 1, the one whose pages are timed, has a full chart and page of runs; the
+        # rest of the small case's runs are one each for the next schedules.
+        def in_small(pk: int, iteration: int) -> bool:
+            return (
+                iteration <= full if pk == 1 else iteration == 1 and pk <= args.schedules - full + 1
+            )
+    else:
+
+        def in_small(pk: int, iteration: int) -> bool:
+            return iteration == 1  # one run per schedule
+
+    fill_runs(args.schedules, args.runs, now, in_small, want=True)
     small_runs = CleanupRun.objects.count()
     say(f"timing pages at {small_runs:,} runs")
     small = measure(client, args.repeat, f"{small_runs:,} runs")
 
     say(f"topping up to {args.runs:,} runs")
-    fill_runs(args.schedules, args.runs, 2, args.runs, now)
+    fill_runs(args.schedules, args.runs, now, in_small, want=False)
     large_runs = CleanupRun.objects.count()
     if large_runs != args.runs:
         raise SystemExit(f"bench/pages.py: {large_runs:,} runs, expected {args.runs:,}")

@@ -364,6 +364,8 @@ class CleanupRun(models.Model):
         indexes = [
             models.Index(fields=["schedule", "-started_at"], name="run_schedule_newest"),
             models.Index(fields=["-started_at"], name="run_newest"),
+            # /runs/?status=failed, newest first: read backwards, it also orders by -pk.
+            models.Index(fields=["status", "started_at"], name="run_status_started"),
             models.Index(
                 fields=["worker"],
                 condition=models.Q(status="running"),

@@ -134,7 +134,10 @@ def test_an_operator_runs_a_schedule_end_to_end(page, live_server, worker, durab
     page.set_viewport_size({"width": 400, "height": 900})
     for path, name in [
         ("/", "08-dashboard-400px"),
-        (f"/schedules/{schedule.pk}/runs/", "09-runs-400px"),
+        (f"/schedules/{schedule.pk}/", "09-schedule-400px"),
+        (f"/schedules/{schedule.pk}/runs/", "10-schedule-runs-400px"),
+        ("/runs/", "11-all-runs-400px"),
+        (run.get_absolute_url(), "12-failed-run-400px"),
     ]:
         page.goto(base + path)
         width = page.evaluate("document.documentElement.scrollWidth")

@@ -34,6 +34,10 @@ def add_runs(schedule, statuses, *, hours_ago=1.0, items=10, dry_run=False):
         )
         for n, status in enumerate(statuses)
     )
+    # As the activity does when it begins a run: the schedule's newest iteration.
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(
+        current_iteration=start + len(statuses) - 1
+    )
 
 
 def test_the_dashboard_answers_alive_what_happened_and_what_fails(
@@ -57,6 +61,11 @@ def test_the_dashboard_answers_alive_what_happened_and_what_fails(
     assert bad_strip == "Succeeded, Failed, Failed"
     assert good_strip.count(",") == 19  # the last 20 runs only
     assert good_strip.endswith("Succeeded, Failed, Succeeded, Interrupted, Succeeded (dry run)")
+    newest = good.runs.order_by("-iteration").first()
+    assert (
+        f'href="{newest.get_absolute_url()}" title="#{newest.iteration} Succeeded (dry run)"'
+        in html
+    )
     assert ">33%<" in html  # bad: 1 of 3
     assert ">90%<" in html  # good: 18 of its last 20 succeeded (one failed, one interrupted)
     assert ">28<" in html and ">9<" in html  # deleted in the last 24 h, dry runs excluded
