@@ -71,6 +71,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+os.environ.pop("BENCH_DATABASE_URL", None)  # this bench measures SQLite only
 
 import django
 

@@ -15,13 +15,16 @@ os.environ.setdefault("ENV_FILE", os.devnull)  # a developer's .env must not cha
 BENCH_DB = os.environ.get("BENCH_DB") or os.path.join(
     tempfile.gettempdir(), "cleanups-bench.sqlite3"
 )
-# The bench measures SQLite, whatever DATABASE_URL the shell happens to carry.
-os.environ["DATABASE_URL"] = f"sqlite:///{BENCH_DB}"
+# The benches measure SQLite, whatever DATABASE_URL the shell happens to carry; bench/pages.py
+# also measures PostgreSQL when BENCH_DATABASE_URL names a server.
+BENCH_DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "")
+os.environ["DATABASE_URL"] = BENCH_DATABASE_URL or f"sqlite:///{BENCH_DB}"
 
 from cleanupsite.settings import *
 from cleanupsite.settings import DATABASES, INSTALLED_APPS
 
-assert DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
-assert DATABASES["default"]["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+if not BENCH_DATABASE_URL:
+    assert DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    assert DATABASES["default"]["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
 
 INSTALLED_APPS = [*INSTALLED_APPS, "bench.benchapp"]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from django.db import connection
@@ -63,6 +64,21 @@ class CountingEngine(EmbeddedEngine):
         return super().QueryInstances(request, context)
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """On PostgreSQL, end the test database's stray sessions before it is dropped. The live
+    server's request threads keep theirs when the browser aborts a request mid-flight (a live
+    refresh cut off by a navigation: Django's development server then skips request_finished),
+    and DROP DATABASE refuses to run while any session is open."""
+    yield
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+
 @pytest.fixture
 def engine_port(settings: Any) -> int:
     """Point the settings at the embedded engine on a port of this test's own."""
@@ -110,6 +126,16 @@ def make_schedule(db: None) -> Callable[..., CleanupSchedule]:
     return make
 
 
+def database_url() -> str:
+    """The test database as a DATABASE_URL, for child processes (SQLite file or PostgreSQL)."""
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    user = quote(db["USER"] or "", safe="")
+    password = f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else ""
+    return f"postgres://{user}{password}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
 def runs_of(schedule: CleanupSchedule) -> list[CleanupRun]:
     return list(CleanupRun.objects.filter(schedule=schedule).order_by("iteration"))
 
@@ -123,7 +149,7 @@ class WorkerProcess:
         process_env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "cleanupsite.settings_test",
-            "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+            "DATABASE_URL": database_url(),
             "ENDPOINT": "",
             "EMBEDDED_ENGINE_PORT": str(port),
             "RECONCILE_INTERVAL": "0.5",

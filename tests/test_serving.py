@@ -10,9 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT, database_url, free_port, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.subprocess]
 
@@ -30,7 +29,7 @@ def test_gunicorn_with_debug_off_serves_pages_and_static_files(tmp_path):
         "DEBUG": "false",
         "SECRET_KEY": "a-test-key",
         "STATIC_ROOT": str(tmp_path / "static"),
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": database_url(),
     }
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
