@@ -3,10 +3,12 @@
     .venv/bin/python bench/pages.py [--schedules 1000] [--runs 1000000] [--repeat 7]
 
 (from the project root; it uses bench.settings, whatever DJANGO_SETTINGS_MODULE or DATABASE_URL
-say, and leaves nothing behind).
+say, and leaves nothing behind). SQLite by default; on PostgreSQL with
+``BENCH_DATABASE_URL=postgres://user@host:port/any``, where it creates a database of its own and
+drops it at the end (bin/_postgres.sh starts a throwaway server).
 
 Data. A fresh database is migrated in a new temporary directory and a superuser created. It gets
-``--schedules`` schedules (bulk inserted with the raw sqlite3 connection's executemany) and as
+``--schedules`` schedules (bulk inserted with executemany) and as
 many runs: the small case. By default (``--small-layout full``) schedule 1, whose pages are
 timed, has 100 of them (its chart's full width, two pages of history) and the next 900
 schedules one each, so that a page shows as much at both sizes and the ratio measures the data,
@@ -40,6 +42,7 @@ import random
 import re
 import shutil
 import socket
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -47,6 +50,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
@@ -69,7 +73,7 @@ django.setup()
 
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext, setup_test_environment
 from django.urls import reverse
@@ -96,25 +100,27 @@ def say(message: str) -> None:
 # Data -----------------------------------------------------------------------------------------
 
 
-def when(moment: datetime) -> str:
-    """A datetime as Django stores it in SQLite."""
+def when(moment: datetime) -> Any:
+    """A datetime as Django stores it in this database."""
     return db.ops.adapt_datetimefield_value(moment)
+
+
+def span(length: timedelta) -> Any:
+    """A duration as Django stores it: microseconds in SQLite, an interval in PostgreSQL."""
+    return CleanupRun._meta.get_field("duration").get_db_prep_value(length, db)
 
 
 def insert(table: str, columns: list[str], rows: Iterator[tuple], total: int, what: str) -> None:
     """executemany in chunks, one transaction per chunk, a progress line on stderr per chunk."""
-    db.ensure_connection()
-    raw = db.connection
     names = ", ".join(f'"{column}"' for column in columns)
-    sql = f'INSERT INTO "{table}" ({names}) VALUES ({", ".join("?" * len(columns))})'
+    sql = f'INSERT INTO "{table}" ({names}) VALUES ({", ".join(["%s"] * len(columns))})'
     done = 0
     while done < total:
         batch = [row for _, row in zip(range(CHUNK), rows, strict=False)]
         if not batch:
             break
-        raw.execute("BEGIN")
-        raw.executemany(sql, batch)
-        raw.execute("COMMIT")
+        with transaction.atomic(), db.cursor() as cursor:
+            cursor.executemany(sql, batch)
         done += len(batch)
         say(f"    {what}: {done:>9,} / {total:,} ({done / total:.0%})")
 
@@ -132,7 +138,7 @@ def fill_schedules(count: int, now: datetime) -> None:
                 f"schedule {pk:06}",
                 task,
                 json.dumps(params),
-                int(timedelta(minutes=5).total_seconds() * 1_000_000),  # interval, microseconds
+                span(timedelta(minutes=5)),  # interval
                 state,
                 f"{INSTANCE_ID_PREFIX}{pk}",
                 0,  # current_iteration, set by fill_runs
@@ -272,7 +278,7 @@ def fill_runs(
                     task,
                     when(started),
                     None if skipped else when(started + timedelta(seconds=seconds)),
-                    None if skipped else seconds * 1_000_000,
+                    None if skipped else span(timedelta(seconds=seconds)),
                     False,
                     0 if skipped else rng.randint(0, 500),
                     "{}" if skipped else details,
@@ -292,6 +298,20 @@ def fill_runs(
             f"SELECT MAX(iteration) FROM {CleanupRun._meta.db_table} "
             f"WHERE schedule_id = {CleanupSchedule._meta.db_table}.id), 0)"
         )
+
+
+def analyze() -> None:
+    """PostgreSQL's planner statistics and visibility map, as autovacuum keeps them on a table
+    in use (without the map, no index-only scans)."""
+    if db.vendor == "postgresql":
+        with db.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE")
+            cursor.execute(
+                "SELECT relallvisible, relpages FROM pg_class WHERE relname = %s",
+                [CleanupRun._meta.db_table],
+            )
+            visible, pages = cursor.fetchone()
+            say(f"    VACUUM ANALYZE: {visible:,} of {pages:,} run pages all-visible")
 
 
 # Pages ----------------------------------------------------------------------------------------
@@ -328,10 +348,11 @@ class Result:
 def fetch_ms(sql: str) -> float:
     """One captured query run again to its last row (SQLite computes most rows lazily, while
     they are fetched, so CaptureQueriesContext's time, which ends at execute(), misses them)."""
-    raw = db.connection
     started = time.perf_counter()
     if sql.lstrip().upper().startswith("SELECT"):
-        raw.execute(sql).fetchall()
+        with db.cursor() as cursor:
+            cursor.execute(sql)
+            cursor.fetchall()
     return (time.perf_counter() - started) * 1000
 
 
@@ -370,15 +391,27 @@ def readable(sql: str) -> str:
 
 
 def explain(sql: str) -> list[str]:
-    """SQLite's EXPLAIN QUERY PLAN of one captured query (its parameters already inlined)."""
-    db.ensure_connection()
-    rows = db.connection.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+    """The query plan of one captured query (its parameters already inlined)."""
+    if db.vendor != "sqlite":
+        with db.cursor() as cursor:
+            cursor.execute(f"EXPLAIN {sql}")
+            return [line for (line,) in cursor.fetchall()]
+    with db.cursor() as cursor:
+        cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+        rows = cursor.fetchall()
     depth: dict[int, int] = {0: 0}
     lines = []
     for node, parent, _, detail in rows:
         depth[node] = depth.get(parent, 0) + 1
         lines.append(f"{'  ' * (depth[node] - 1)}{detail}")
     return lines
+
+
+def database_name() -> str:
+    if db.vendor == "sqlite":
+        return f"SQLite {sqlite3.sqlite_version}"
+    major, minor = divmod(db.pg_version, 10000)
+    return f"PostgreSQL {major}.{minor}"
 
 
 # Report ---------------------------------------------------------------------------------------
@@ -389,7 +422,7 @@ def report(
 ) -> list[str]:
     lines = [
         f"**Pages: {args.schedules:,} schedules, {small_runs:,} runs vs {args.runs:,} runs "
-        f"(SQLite, django.test.Client, median of {args.repeat} after one warm-up)**",
+        f"({database_name()}, django.test.Client, median of {args.repeat} after one warm-up)**",
         "",
         "Small case: "
         + (
@@ -441,7 +474,7 @@ def report(
             readable(sql),
             "```",
             "",
-            "EXPLAIN QUERY PLAN:",
+            "Query plan:",
             "",
             "```",
             *explain(sql),
@@ -483,6 +516,9 @@ def main() -> None:
     finally:
         db.close()
         shutil.rmtree(workdir, ignore_errors=True)
+        if db.vendor == "postgresql":
+            with db._nodb_cursor() as cursor:
+                cursor.execute(f'DROP DATABASE IF EXISTS "{db.settings_dict["NAME"]}"')
     say(f"done in {time.perf_counter() - started:.0f} s")
     print("\n".join(lines))
 
@@ -490,8 +526,15 @@ def main() -> None:
 def run(args: argparse.Namespace, workdir: Path) -> list[str]:
     setup_test_environment()  # the test client's 'testserver' host is allowed
     db.close()
-    db.settings_dict["NAME"] = str(workdir / "pages.sqlite3")
-    say(f"database in {workdir}; migrating")
+    if db.vendor == "sqlite":
+        db.settings_dict["NAME"] = str(workdir / "pages.sqlite3")
+        say(f"database in {workdir}; migrating")
+    else:  # a database of its own on the server BENCH_DATABASE_URL names, dropped at the end
+        name = f"cleanups_pages_{os.getpid()}"
+        with db._nodb_cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        db.settings_dict["NAME"] = name
+        say(f"database {name}; migrating")
     call_command("migrate", verbosity=0)
     user = get_user_model().objects.create_superuser("bench", "bench@example.com", "bench")
     client = Client()
@@ -513,12 +556,14 @@ def run(args: argparse.Namespace, workdir: Path) -> list[str]:
             return iteration == 1  # one run per schedule
 
     fill_runs(args.schedules, args.runs, now, in_small, want=True)
+    analyze()
     small_runs = CleanupRun.objects.count()
     say(f"timing pages at {small_runs:,} runs")
     small = measure(client, args.repeat, f"{small_runs:,} runs")
 
     say(f"topping up to {args.runs:,} runs")
     fill_runs(args.schedules, args.runs, now, in_small, want=False)
+    analyze()
     large_runs = CleanupRun.objects.count()
     if large_runs != args.runs:
         raise SystemExit(f"bench/pages.py: {large_runs:,} runs, expected {args.runs:,}")

@@ -12,7 +12,7 @@ from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.db.models import F, OuterRef, QuerySet, Subquery, Sum, Value
+from django.db.models import OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -48,7 +48,8 @@ class CappedPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        return min(self.object_list[: COUNT_CAP + 1].count(), COUNT_CAP + 1)
+        # Any COUNT_CAP + 1 of them will do, so no ORDER BY: the database picks its cheapest.
+        return self.object_list.order_by()[: COUNT_CAP + 1].count()
 
     @cached_property
     def capped(self) -> bool:
@@ -278,22 +279,9 @@ STATUS_LABELS = dict(CleanupRun.Status.choices)
 
 
 def _recent_runs(schedules: list[CleanupSchedule]) -> dict[int, list[StripRun]]:
-    """The newest STRIP_RUNS runs of every schedule, in one query.
-
-    Iterations are numbered without gaps across starts and ``current_iteration`` is the newest
-    one begun, so the strip is an index range of (schedule, iteration) per schedule: the query
-    reads about STRIP_RUNS rows per schedule, however many runs each has.
-    """
-    runs = (
-        CleanupRun.objects.filter(
-            schedule__in=[s.pk for s in schedules],
-            iteration__gt=F("schedule__current_iteration") - STRIP_RUNS,
-        )
-        .order_by("schedule_id", "-iteration")
-        .values_list(*StripRun._fields)
-    )
+    """The newest STRIP_RUNS runs of every schedule, in one query."""
     by_schedule: dict[int, list[StripRun]] = {s.pk: [] for s in schedules}
-    for values in runs:
+    for values in CleanupRun.objects.newest_per_schedule(schedules, STRIP_RUNS, StripRun._fields):
         run = StripRun(*values)
         by_schedule[run.schedule_id].append(run)
     return by_schedule

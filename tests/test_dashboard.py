@@ -108,3 +108,24 @@ def test_the_dashboard_is_for_staff_only(make_schedule):
     for url in (reverse(DASHBOARD), reverse("cleanups:dashboard_status")):
         response = Client().get(url)
         assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_newest_per_schedule_reads_the_newest_runs_of_each_schedule(make_schedule):
+    # The dashboard's strip query: a LATERAL join on PostgreSQL, an iteration range on SQLite.
+    busy, quiet, idle = make_schedule(name="busy"), make_schedule(name="quiet"), make_schedule()
+    add_runs(busy, ["succeeded"] * 30 + ["failed"])
+    add_runs(quiet, ["skipped", "succeeded"])
+
+    rows = CleanupRun.objects.newest_per_schedule(
+        [idle, quiet, busy], 20, ("schedule_id", "iteration", "status")
+    )
+
+    assert [r for r in rows if r[0] == busy.pk] == [
+        (busy.pk, 31, "failed"),
+        *((busy.pk, n, "succeeded") for n in range(30, 11, -1)),
+    ]
+    assert [r for r in rows if r[0] == quiet.pk] == [
+        (quiet.pk, 2, "succeeded"),
+        (quiet.pk, 1, "skipped"),
+    ]
+    assert len(rows) == 22
