@@ -26,6 +26,7 @@ from cleanups.control import (
     runtime_status_label,
 )
 from cleanups.formatting import human_duration
+from cleanups.forms import CleanupScheduleForm
 from cleanups.models import CleanupRun, CleanupSchedule
 from cleanups.registry import all_tasks
 
@@ -115,6 +116,7 @@ def _status_badge(status: str, label: str) -> SafeString:
 
 @admin.register(CleanupSchedule)
 class CleanupScheduleAdmin(admin.ModelAdmin):
+    form = CleanupScheduleForm
     list_display = [
         "name",
         "task_label",

@@ -48,3 +48,15 @@ class RunFilterForm(forms.Form):
 
 def _start_of(day: Any) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
+
+
+class CleanupScheduleForm(forms.ModelForm):
+    """The admin's schedule form (its model and fields come from the ModelAdmin)."""
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if self.has_error("task"):
+            # The params are checked against the chosen task; with no valid task chosen, that
+            # check would run against the previous or default one and mislead. Say only that.
+            cleaned.pop("params", None)
+        return cleaned

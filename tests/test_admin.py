@@ -530,9 +530,12 @@ def test_add_form_rejects_a_duplicate_name(admin_client, make_schedule):
 
 @pytest.mark.django_db
 def test_add_form_rejects_an_unknown_task(admin_client):
-    errors = add_form_errors(admin_client, task="no_such_task")
+    # Params that the default task would refuse: the one error is the task's.
+    errors = add_form_errors(admin_client, task="no_such_task", params=json.dumps({"seconds": 1}))
 
-    assert "task" in errors
+    assert set(errors) == {"task"}
+    assert "Select a valid choice" in errors["task"][0]
+    assert not CleanupSchedule.objects.exists()
 
 
 # --- runs are read-only, the admin is staff-only --------------------------------------------
