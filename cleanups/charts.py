@@ -25,12 +25,21 @@ class Bar:
 class Chart:
     bars: list[Bar]
     line: str  # SVG polyline points for items deleted
-    max_seconds: float
+    max_duration: str  # the longest run, as read: '4 ms', '1.25 s'
     max_items: int
     summary: str
     width: int = WIDTH
     height: int = HEIGHT
     pad: int = PAD
+
+
+def seconds_label(seconds: float) -> str:
+    """A run's duration as people read it: milliseconds under a second, else seconds."""
+    if seconds < 1:
+        if seconds == 0:
+            return "0 s"
+        return f"{seconds * 1000:.0f} ms" if seconds >= 0.0095 else f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"
 
 
 def run_chart(runs: Sequence[CleanupRun]) -> Chart | None:
@@ -40,7 +49,7 @@ def run_chart(runs: Sequence[CleanupRun]) -> Chart | None:
         return None
     seconds = [r.duration.total_seconds() if r.duration else 0.0 for r in runs]
     items = [r.items_deleted for r in runs]
-    max_seconds = max(max(seconds), 0.001)
+    max_seconds = max(max(seconds), 0.001)  # the scales: never a division by zero
     max_items = max(max(items), 1)
     inner_w, inner_h = WIDTH - 2 * PAD, HEIGHT - 2 * PAD
     step = inner_w / len(runs)
@@ -55,14 +64,17 @@ def run_chart(runs: Sequence[CleanupRun]) -> Chart | None:
                 width=round(max(step * 0.7, 1), 1),
                 height=round(height, 1),
                 status=run.status,
-                title=f"#{run.iteration} {run.get_status_display()}: {secs:.2f} s, {count} deleted",
+                title=(
+                    f"#{run.iteration} {run.get_status_display()}: "
+                    f"{seconds_label(secs)}, {count} deleted"
+                ),
             )
         )
         points.append(f"{x + step / 2:.1f},{PAD + inner_h - inner_h * count / max_items:.1f}")
     failed = sum(r.status == "failed" for r in runs)
     summary = (
-        f"Last {len(runs)} runs: median duration {statistics.median(seconds):.2f} s, "
-        f"longest {max(seconds):.2f} s; {sum(items)} items deleted in all, at most "
+        f"Last {len(runs)} runs: median duration {seconds_label(statistics.median(seconds))}, "
+        f"longest {seconds_label(max(seconds))}; {sum(items)} items deleted in all, at most "
         f"{max(items)} in one run; {failed} failed."
     )
-    return Chart(bars, " ".join(points), max_seconds, max_items, summary)
+    return Chart(bars, " ".join(points), seconds_label(max(seconds)), max(items), summary)

@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from cleanups.charts import seconds_label
 from cleanups.models import CleanupRun, CleanupSchedule
 
 pytestmark = pytest.mark.django_db
@@ -51,6 +52,17 @@ def test_schedule_page_shows_configuration_state_and_a_chart(
     assert html.count('class="bar bar-') == 12
     assert 'aria-labelledby="chart-summary"' in html
     assert "Last 12 runs: median duration" in html and "4 failed" in html
+    # add_runs: durations of 1 to 4 s, items 0, 10, ... 110
+    assert "longest 4.00 s; 660 items deleted in all, at most 110 in one run" in html
+    assert "(longest 4.00 s)" in html and "(most 110)" in html
+
+
+@pytest.mark.parametrize(
+    ("seconds", "label"),
+    [(0, "0 s"), (0.0004, "0.4 ms"), (0.0123, "12 ms"), (0.5, "500 ms"), (12.345, "12.35 s")],
+)
+def test_run_durations_read_in_milliseconds_under_a_second(seconds, label):
+    assert seconds_label(seconds) == label
 
 
 def test_schedule_page_shows_the_live_orchestration(admin_client, engine, make_schedule):

@@ -266,7 +266,7 @@ def test_succeeded_run_page_has_no_error_section(admin_client, schedule):
     html = response.content.decode()
     assert "<pre" not in html
     assert "deleted 1" in html
-    assert "2.000 s" in html
+    assert "2.00 s" in html
 
 
 def test_run_page_shows_progress_and_counts_per_target(admin_client, schedule):
