@@ -329,8 +329,13 @@ def _deleted_since(since: datetime) -> Subquery:
     )
 
 
+DASHBOARD_FILTERS = ("running", "paused", "failing", "recovering")
+
+
 def dashboard_rows(request: HttpRequest) -> tuple[list[dict[str, object]], dict[str, int], bool]:
-    """Per schedule: live state, recent runs, success rate, last and next run, 24 h deletions."""
+    """Per schedule: live state, recent runs, success rate, last and next run, 24 h deletions.
+    The totals count every schedule; ``?show=`` one of the totals keeps only its rows."""
+    show = _dashboard_filter(request)
     since = timezone.now() - timedelta(hours=24)
     schedules = list(
         CleanupSchedule.objects.annotate(
@@ -360,12 +365,16 @@ def dashboard_rows(request: HttpRequest) -> tuple[list[dict[str, object]], dict[
         last = last and last_runs.get(last.pk)
         runtime = runtime_status_label(states.get(schedule.instance_id)) if engine_up else ""
         if schedule.recovering_since:
-            totals["recovering"] += 1
-        elif schedule.desired_state == "paused":
-            totals["paused"] += 1
-        elif schedule.desired_state == "running":
-            totals["running"] += 1
+            state = "recovering"
+        elif schedule.desired_state in ("paused", "running"):
+            state = schedule.desired_state
+        else:
+            state = ""
+        if state:
+            totals[state] += 1
         totals["failing"] += failing
+        if show and not (show == state or (show == "failing" and failing)):
+            continue
         rows.append(
             {
                 "schedule": schedule,
@@ -381,9 +390,16 @@ def dashboard_rows(request: HttpRequest) -> tuple[list[dict[str, object]], dict[
     return rows, totals, engine_up
 
 
+def _dashboard_filter(request: HttpRequest) -> str:
+    """The ``show`` parameter if it names a total; anything else shows every schedule."""
+    show = request.GET.get("show", "")
+    return show if show in DASHBOARD_FILTERS else ""
+
+
 @staff_member_required
 def dashboard(request: HttpRequest) -> HttpResponse:
     rows, totals, engine_up = dashboard_rows(request)
+    show = _dashboard_filter(request)
     return render(
         request,
         "cleanups/dashboard.html",
@@ -393,7 +409,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "rows": rows,
             "totals": totals,
             "engine_up": engine_up,
-            "status_url": reverse("cleanups:dashboard_status"),
+            "show": show,
+            "filters": DASHBOARD_FILTERS,
+            "status_url": reverse("cleanups:dashboard_status") + (f"?show={show}" if show else ""),
         },
     )
 
@@ -407,7 +425,9 @@ def dashboard_status(request: HttpRequest) -> JsonResponse:
             "engine_up": engine_up,
             "totals": totals,
             "html": render_to_string(
-                "cleanups/_dashboard_rows.html", {"rows": rows, "engine_up": engine_up}, request
+                "cleanups/_dashboard_rows.html",
+                {"rows": rows, "engine_up": engine_up, "show": _dashboard_filter(request)},
+                request,
             ),
         }
     )

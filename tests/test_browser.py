@@ -115,6 +115,13 @@ def test_an_operator_runs_a_schedule_end_to_end(page, live_server, worker, durab
     assert "Traceback (most recent call last)" in page.inner_text("pre.traceback")
     shot(page, "04-failed-run")
 
+    page.goto(f"{base}/")
+    page.click("a[href='?show=failing']")  # the failing total shows only its schedules
+    page.wait_for_url(f"{base}/?show=failing")
+    rows = page.locator("table.dash-table tbody tr")
+    assert rows.count() == 1 and "browser failing" in rows.first.inner_text()
+    shot(page, "04b-dashboard-failing")
+
     page.goto(f"{base}/schedules/{schedule.pk}/")
     assert re.search(r"Last \d+ runs: median duration", page.inner_text("figcaption"))
     shot(page, "05-schedule-page")

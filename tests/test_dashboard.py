@@ -129,3 +129,34 @@ def test_newest_per_schedule_reads_the_newest_runs_of_each_schedule(make_schedul
         (quiet.pk, 1, "skipped"),
     ]
     assert len(rows) == 22
+
+
+def test_a_total_shows_only_its_schedules_and_the_refresh_keeps_it(
+    admin_client, engine_port, make_schedule
+):
+    ok, broken, resting = (make_schedule(name=n) for n in ("ok", "broken", "resting"))
+    CleanupSchedule.objects.filter(pk__in=[ok.pk, broken.pk]).update(desired_state="running")
+    CleanupSchedule.objects.filter(pk=resting.pk).update(desired_state="paused")
+    add_runs(ok, ["failed", "succeeded"])
+    add_runs(broken, ["succeeded", "failed"])
+
+    def names(html):
+        return re.findall(r'cleanupschedule/\d+/change/">([^<]+)</a>', html)
+
+    html = admin_client.get(reverse(DASHBOARD), {"show": "failing"}).content.decode()
+    assert names(html) == ["broken"]
+    totals = dict(re.findall(r'data-total="(\w+)">(\d+)<', html))
+    assert totals == {"running": "2", "paused": "1", "failing": "1", "recovering": "0"}  # all
+    assert 'href="?show=failing" class="selected" aria-current="true"' in html
+    assert 'data-live-url="/status.json?show=failing"' in html
+
+    live = admin_client.get(reverse("cleanups:dashboard_status"), {"show": "failing"}).json()
+    assert names(live["html"]) == ["broken"]
+    paused = admin_client.get(reverse(DASHBOARD), {"show": "paused"}).content.decode()
+    assert names(paused) == ["resting"]
+    none = admin_client.get(reverse(DASHBOARD), {"show": "recovering"}).content.decode()
+    assert names(none) == [] and "No recovering schedules." in none
+    # Anything else is no filter at all, not an error.
+    everything = admin_client.get(reverse(DASHBOARD), {"show": "<nonsense>"})
+    assert everything.status_code == 200
+    assert names(everything.content.decode()) == ["broken", "ok", "resting"]
