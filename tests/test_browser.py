@@ -79,11 +79,17 @@ def test_an_operator_runs_a_schedule_end_to_end(page, live_server, worker, durab
     shot(page, "01-dashboard-empty")
 
     page.goto(f"{base}/admin/cleanups/cleanupschedule/add/")
+    page.wait_for_selector("#upcoming-runs div")
+    assert page.inner_text("#upcoming-runs") == "Enter an interval to see the next five run times."
     page.fill("#id_name", "browser sample")
     page.select_option("#id_task", "sample")
     page.fill("#id_params", '{"seconds": 0}')
     page.fill("#id_interval", "00:00:01")
-    page.wait_for_selector("#upcoming-runs div")  # the live preview of the next runs
+    # The live preview of the next runs, once it has read the interval typed.
+    page.wait_for_function(
+        "() => document.getElementById('upcoming-runs').textContent.includes('UTC')"
+    )
+    assert len(page.inner_text("#upcoming-runs").strip().splitlines()) == 5
     shot(page, "02-add-form")
     page.click("input[name=_save]")
     page.wait_for_selector("ul.messagelist")

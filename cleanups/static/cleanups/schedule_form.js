@@ -16,6 +16,7 @@
       row.hidden = !cron;
     });
   }
+  var asking = 0;
   function refresh() {
     var box = document.getElementById("upcoming-runs");
     if (!box) return;
@@ -24,9 +25,19 @@
       timezone: value("id_timezone"), start_at: when("id_start_at"), end_at: when("id_end_at"),
     });
     showFor(params.get("cadence"));
+    var asked = ++asking;
+    if (!params.get("interval") && params.get("cadence") !== "cron") {
+      // Nothing typed yet: a hint, not an error.
+      var hint = document.createElement("div");
+      hint.className = "help";
+      hint.textContent = "Enter an interval to see the next five run times.";
+      box.replaceChildren(hint);
+      return;
+    }
     fetch(box.dataset.url + "?" + params.toString(), {credentials: "same-origin"})
       .then(function (response) { return response.json(); })
       .then(function (data) {
+        if (asked !== asking) return;  // a later edit's answer is on its way: this one is stale
         box.replaceChildren();
         var lines = data.error ? [data.error] : data.times;
         if (!lines.length) lines = ["No run before the end."];
