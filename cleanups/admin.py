@@ -300,12 +300,15 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
 
     @admin.display(description="Next run", ordering="next_run_at")
     def next_run(self, schedule: CleanupSchedule) -> str:
-        if schedule.next_run_at is None:
+        if schedule.desired_state == CleanupSchedule.DesiredState.PAUSED:
+            return "paused"
+        upcoming = schedule.upcoming_run_at
+        if upcoming is None:
             return "–"
         return format_html(
             '<span title="{}">{}</span>',
-            schedule.next_run_at.isoformat(timespec="seconds"),
-            naturaltime(schedule.next_run_at),
+            upcoming.isoformat(timespec="seconds"),
+            naturaltime(upcoming),
         )
 
     @admin.display(description="Run history")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
@@ -272,6 +272,12 @@ class CleanupSchedule(models.Model):
             "max_retries": self.max_retries,
             "pause_after_failures": self.pause_after_failures,
         }
+
+    @property
+    def upcoming_run_at(self) -> datetime | None:
+        """When the next run is due, while the schedule runs. A paused schedule's
+        ``next_run_at`` is its plan from before the pause, which resuming revisits."""
+        return self.next_run_at if self.desired_state == self.DesiredState.RUNNING else None
 
     def next_iteration(self) -> int:
         """The iteration after the newest one recorded, so numbering goes on across starts."""

@@ -177,6 +177,24 @@ def test_changelist_shows_the_last_run(admin_client, engine_port, make_schedule)
 
 
 @pytest.mark.django_db
+def test_a_paused_schedule_has_no_next_run(admin_client, engine_port, make_schedule):
+    planned = timezone.now() + timedelta(minutes=10)
+    for name, state in (("runs", "running"), ("rests", "paused"), ("ended", "stopped")):
+        schedule = make_schedule(name=name)
+        CleanupSchedule.objects.filter(pk=schedule.pk).update(
+            desired_state=state, next_run_at=planned
+        )
+
+    response = admin_client.get(reverse(SCHEDULE_CHANGELIST))
+
+    assert f'title="{planned.isoformat(timespec="seconds")}"' in cell(response, "runs", "next_run")
+    assert cell(response, "rests", "next_run") == "paused"  # its old plan is not a promise
+    assert cell(response, "ended", "next_run") == "–"
+    dashboard = admin_client.get(reverse("cleanups:dashboard")).content.decode()
+    assert dashboard.count("<td>paused</td>") == 1
+
+
+@pytest.mark.django_db
 def test_changelist_last_run_names_the_exact_instant_in_any_time_zone(
     admin_client, engine_port, make_schedule, settings
 ):
