@@ -14,7 +14,13 @@ from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -104,6 +110,16 @@ def _run_list(
     form = RunFilterForm(request.GET)
     runs = form.filter(runs)
     if request.GET.get("format") == "csv":
+        if not form.is_valid():
+            # An export must be the set asked for: never every run in place of a bad filter.
+            problems = "; ".join(
+                f"{form.fields[field].label if field in form.fields else field}: {message}"
+                for field, messages in form.errors.items()
+                for message in messages
+            )
+            return HttpResponseBadRequest(
+                f"No export: fix the filters first ({problems}).\n", content_type="text/plain"
+            )
         name = f"runs-{schedule.pk}.csv" if schedule else "runs.csv"
         return _csv_response(runs, name)
     page = CappedPaginator(runs, RUNS_PER_PAGE).get_page(request.GET.get("page"))

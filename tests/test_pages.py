@@ -110,6 +110,20 @@ def test_bad_filters_are_shown_not_a_500(admin_client, make_schedule):
     assert "before the start date" in response.content.decode()
 
 
+def test_an_export_with_a_bad_filter_says_so_instead_of_exporting_everything(
+    admin_client, make_schedule
+):
+    add_runs(make_schedule(), 3)
+    response = admin_client.get(
+        reverse("cleanups:runs"), {"status": "failed", "since": "last tuesday", "format": "csv"}
+    )
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/plain")
+    assert response.content.decode() == (
+        "No export: fix the filters first (From: Enter a valid date.).\n"
+    )
+
+
 def test_long_histories_count_only_up_to_a_cap(admin_client, make_schedule, monkeypatch):
     # The cap is 10,000 in use; a smaller one here keeps the test quick, same code path.
     monkeypatch.setattr("cleanups.views.COUNT_CAP", 100)
