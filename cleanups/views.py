@@ -322,11 +322,15 @@ def _strip_html(runs: list[StripRun], run_url: str) -> str:
             status, text = f"{status} mark-dry", f"{text} (dry run)"
         marks.append(
             f'<a class="mark mark-{status}" href="{run_url}{run.pk}/" '
-            f'title="#{run.iteration} {text}"></a>'
+            f'title="#{run.iteration} {text}" aria-label="#{run.iteration} {text}"></a>'
         )
         summary.append(text)
     label = ", ".join(summary) or "no runs yet"
-    return mark_safe(f'<span class="strip" role="img" aria-label="{label}">{"".join(marks)}</span>')
+    # A group, not an image: its label reads the whole strip, and each mark is a link of its
+    # own with its own label, reachable from the keyboard.
+    return mark_safe(
+        f'<span class="strip" role="group" aria-label="{label}">{"".join(marks)}</span>'
+    )
 
 
 _MARKS = {

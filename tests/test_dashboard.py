@@ -56,7 +56,7 @@ def test_the_dashboard_answers_alive_what_happened_and_what_fails(
 
     totals = dict(re.findall(r'data-total="(\w+)">(\d+)<', html))
     assert totals == {"running": "1", "paused": "1", "failing": "1", "recovering": "0"}
-    strips = re.findall(r'<span class="strip" role="img" aria-label="([^"]*)"', html)
+    strips = re.findall(r'<span class="strip" role="group" aria-label="([^"]*)"', html)
     bad_strip, good_strip = strips  # ordered by name
     assert bad_strip == "Succeeded, Failed, Failed"
     assert good_strip.count(",") == 19  # the last 20 runs only
