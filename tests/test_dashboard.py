@@ -62,10 +62,8 @@ def test_the_dashboard_answers_alive_what_happened_and_what_fails(
     assert good_strip.count(",") == 19  # the last 20 runs only
     assert good_strip.endswith("Succeeded, Failed, Succeeded, Interrupted, Succeeded (dry run)")
     newest = good.runs.order_by("-iteration").first()
-    assert (
-        f'href="{newest.get_absolute_url()}" title="#{newest.iteration} Succeeded (dry run)"'
-        in html
-    )
+    label = f"#{newest.iteration} Succeeded (dry run)"
+    assert f'href="{newest.get_absolute_url()}" title="{label}" aria-label="{label}"' in html
     assert ">33%<" in html  # bad: 1 of 3
     assert ">90%<" in html  # good: 18 of its last 20 succeeded (one failed, one interrupted)
     assert ">28<" in html and ">9<" in html  # deleted in the last 24 h, dry runs excluded
