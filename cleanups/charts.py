@@ -6,6 +6,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cleanups.formatting import seconds_label
 from cleanups.models import CleanupRun
 
 WIDTH, HEIGHT, PAD = 640, 180, 28
@@ -31,15 +32,6 @@ class Chart:
     width: int = WIDTH
     height: int = HEIGHT
     pad: int = PAD
-
-
-def seconds_label(seconds: float) -> str:
-    """A run's duration as people read it: milliseconds under a second, else seconds."""
-    if seconds < 1:
-        if seconds == 0:
-            return "0 s"
-        return f"{seconds * 1000:.0f} ms" if seconds >= 0.0095 else f"{seconds * 1000:.1f} ms"
-    return f"{seconds:.2f} s"
 
 
 def run_chart(runs: Sequence[CleanupRun]) -> Chart | None:

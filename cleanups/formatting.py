@@ -15,3 +15,12 @@ def human_duration(duration: timedelta) -> str:
         if value:
             parts.append(f"{value} {unit}")
     return " ".join(parts)
+
+
+def seconds_label(seconds: float) -> str:
+    """A run's duration as people read it: milliseconds under a second, else seconds."""
+    if seconds < 1:
+        if seconds == 0:
+            return "0 s"
+        return f"{seconds * 1000:.0f} ms" if seconds >= 0.0095 else f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"

@@ -352,10 +352,9 @@ def _deleted_since(since: datetime) -> Subquery:
 DASHBOARD_FILTERS = ("running", "paused", "failing", "recovering")
 
 
-def dashboard_rows(request: HttpRequest) -> tuple[list[dict[str, object]], dict[str, int], bool]:
+def dashboard_rows(show: str = "") -> tuple[list[dict[str, object]], dict[str, int], bool]:
     """Per schedule: live state, recent runs, success rate, last and next run, 24 h deletions.
-    The totals count every schedule; ``?show=`` one of the totals keeps only its rows."""
-    show = _dashboard_filter(request)
+    The totals count every schedule; ``show``, one of the totals, keeps only its rows."""
     since = timezone.now() - timedelta(hours=24)
     schedules = list(
         CleanupSchedule.objects.annotate(
@@ -418,8 +417,8 @@ def _dashboard_filter(request: HttpRequest) -> str:
 
 @staff_member_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    rows, totals, engine_up = dashboard_rows(request)
     show = _dashboard_filter(request)
+    rows, totals, engine_up = dashboard_rows(show)
     return render(
         request,
         "cleanups/dashboard.html",
@@ -430,7 +429,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "totals": totals,
             "engine_up": engine_up,
             "show": show,
-            "filters": DASHBOARD_FILTERS,
             "status_url": reverse("cleanups:dashboard_status") + (f"?show={show}" if show else ""),
         },
     )
@@ -439,14 +437,15 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def dashboard_status(request: HttpRequest) -> JsonResponse:
     """The dashboard's live parts, for its refresh without a reload."""
-    rows, totals, engine_up = dashboard_rows(request)
+    show = _dashboard_filter(request)
+    rows, totals, engine_up = dashboard_rows(show)
     return JsonResponse(
         {
             "engine_up": engine_up,
             "totals": totals,
             "html": render_to_string(
                 "cleanups/_dashboard_rows.html",
-                {"rows": rows, "engine_up": engine_up, "show": _dashboard_filter(request)},
+                {"rows": rows, "engine_up": engine_up, "show": show},
                 request,
             ),
         }

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from cleanups.charts import seconds_label
+from cleanups.formatting import seconds_label
 from cleanups.models import CleanupRun, CleanupSchedule
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from django import template
 
-from cleanups.charts import seconds_label
+from cleanups.formatting import seconds_label
 
 register = template.Library()
 
