@@ -136,6 +136,24 @@ def database_url() -> str:
     return f"postgres://{user}{password}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
+def run_bench(script: str, *args: str, tmp_path: Path, timeout: float) -> Any:
+    """A bench/ script as a child process on its own throwaway SQLite files under ``tmp_path``,
+    whatever database the shell or the test run points at."""
+    ignored = {"DATABASE_URL", "DJANGO_SETTINGS_MODULE", "BENCH_DATABASE_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ignored}
+    env["TMPDIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, f"bench/{script}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def runs_of(schedule: CleanupSchedule) -> list[CleanupRun]:
     return list(CleanupRun.objects.filter(schedule=schedule).order_by("iteration"))
 
