@@ -11,14 +11,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from django.db import connection
+from django.utils import timezone
+from durabletask import history as history_events
 
+from cleanups.control import LIVE_STATUSES
 from cleanups.durable.connection import EmbeddedEngine, build_worker, engine_config
 from cleanups.durable.registration import register
 from cleanups.models import CleanupRun, CleanupSchedule
@@ -41,6 +44,29 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+
+
+def is_live(durable_client: Any, schedule: CleanupSchedule) -> bool:
+    """The engine holds a live generation of the schedule's eternal orchestration.
+
+    Which live status it reports depends on the instant asked: RUNNING on the timer or in the
+    activity, PENDING between two generations (after continue_as_new, before a worker takes the
+    next one). A test asks for any of them, never for one.
+    """
+    state = durable_client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+    return state is not None and state.runtime_status in LIVE_STATUSES
+
+
+def timer_created(durable_client: Any, instance_id: str) -> Any:
+    """The durable timer of an instance's current generation, once the engine has created it."""
+    history = durable_client.get_orchestration_history(instance_id)
+    return next((e for e in history if isinstance(e, history_events.TimerCreatedEvent)), None)
+
+
+def wait_for_clock(moment: datetime, timeout: float = 20.0) -> None:
+    """Wait until the wall clock has passed ``moment`` (a schedule's planned time, say): for a
+    test that proves nothing happened during a span, the span is fixed by the plan, not a sleep."""
+    wait_until(lambda: timezone.now() > moment, timeout=timeout)
 
 
 class CountingEngine(EmbeddedEngine):

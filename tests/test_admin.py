@@ -16,7 +16,7 @@ from django.utils import timezone
 from durabletask import client as dt_client
 
 from cleanups.models import CleanupRun, CleanupSchedule
-from tests.conftest import runs_of, wait_until
+from tests.conftest import is_live, runs_of, wait_until
 
 RUNNING = dt_client.OrchestrationStatus.RUNNING
 TERMINATED = dt_client.OrchestrationStatus.TERMINATED
@@ -52,11 +52,6 @@ def post_action(admin_client, action: str, *schedules: CleanupSchedule):
 
 def state_of(durable_client, schedule: CleanupSchedule):
     return durable_client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
-
-
-def running_now(durable_client, schedule: CleanupSchedule) -> bool:
-    state = state_of(durable_client, schedule)
-    return state is not None and state.runtime_status == RUNNING
 
 
 def waiting_for_next_run(durable_client, schedule: CleanupSchedule) -> bool:
@@ -253,7 +248,7 @@ def test_start_action_on_a_running_schedule_starts_nothing_new(
 ):
     schedule = make_schedule(name="busy", interval=timedelta(seconds=1))
     assert post_action(admin_client, "start_schedules", schedule).status_code == 302
-    wait_until(lambda: len(runs_of(schedule)) >= 1 and running_now(durable_client, schedule))
+    wait_until(lambda: len(runs_of(schedule)) >= 1 and is_live(durable_client, schedule))
     created_at = state_of(durable_client, schedule).created_at
 
     response = post_action(admin_client, "start_schedules", schedule)

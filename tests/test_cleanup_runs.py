@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import signal
 import time
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from django.utils import timezone
-from durabletask import client as dt_client
 
 from cleanups.models import CleanupRun, CleanupSchedule
 from cleanups.registry import CleanupContext, get_task
-from tests.conftest import runs_of, wait_until
+from tests.conftest import is_live, runs_of, wait_for_clock, wait_until
 from tests.testapp.models import Child, Event, Parent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -96,10 +95,13 @@ def test_purge_orchestrations_purges_finished_instances_only(worker, durable_cli
     alive = make_schedule(interval=timedelta(minutes=5))
     for schedule in [*finished, alive]:
         schedule.start()
-    for schedule in finished:
-        durable_client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
+    created = [
+        durable_client.wait_for_orchestration_completion(s.instance_id, timeout=20).created_at
+        for s in finished
+    ]
     wait_until(lambda: runs_of(alive))
-    time.sleep(0.5)
+    # The engine's times are naive UTC. All three older than 0.1 s:
+    wait_for_clock(max(created).replace(tzinfo=UTC) + timedelta(seconds=0.2))
     task = get_task("purge_orchestrations")
     params = task.clean_params({"older_than_days": 0.1 / 86400})  # older than 0.1 s
 
@@ -111,8 +113,7 @@ def test_purge_orchestrations_purges_finished_instances_only(worker, durable_cli
     assert task.function(ctx) == "Purged 3 orchestration(s)."
     for schedule in finished:
         assert durable_client.get_orchestration_state(schedule.instance_id) is None
-    state = durable_client.get_orchestration_state(alive.instance_id)
-    assert state.runtime_status == dt_client.OrchestrationStatus.RUNNING
+    assert is_live(durable_client, alive)
 
 
 @pytest.mark.subprocess

@@ -11,7 +11,7 @@ from durabletask import history as history_events
 
 from cleanups.control import ORCHESTRATION_NAME
 from cleanups.models import CleanupRun, CleanupSchedule
-from tests.conftest import runs_of, wait_until
+from tests.conftest import is_live, runs_of, timer_created, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 COMPLETED = dt_client.OrchestrationStatus.COMPLETED
@@ -29,8 +29,7 @@ def test_iterations_are_counted_by_run_records(worker, durable_client, make_sche
     assert timedelta(seconds=0.9) <= gap < timedelta(seconds=3)
     schedule.refresh_from_db()
     assert schedule.current_iteration >= 3
-    state = durable_client.get_orchestration_state(schedule.instance_id)
-    assert state.runtime_status == dt_client.OrchestrationStatus.RUNNING
+    assert is_live(durable_client, schedule)
 
 
 def test_continue_as_new_resets_history(worker, durable_client, make_schedule):
@@ -114,10 +113,6 @@ def test_sample_timer_defaults_to_fifteen_seconds(worker, durable_client):
     before = datetime.now(UTC)
     instance_id = durable_client.schedule_new_orchestration(ORCHESTRATION_NAME, input=1)
 
-    def timer_created():
-        history = durable_client.get_orchestration_history(instance_id)
-        return next((e for e in history if isinstance(e, history_events.TimerCreatedEvent)), None)
-
-    timer = wait_until(timer_created)
+    timer = wait_until(lambda: timer_created(durable_client, instance_id))
     assert timedelta(seconds=14.9) < timer.fire_at - before < timedelta(seconds=17)
     durable_client.terminate_orchestration(instance_id, recursive=False)
