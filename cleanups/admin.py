@@ -43,6 +43,7 @@ _MESSAGE_LEVELS = {
     Outcome.TERMINATED: messages.SUCCESS,
     Outcome.ALREADY_RUNNING: messages.INFO,
     Outcome.NOT_RUNNING: messages.INFO,
+    Outcome.REFUSED: messages.ERROR,
     Outcome.ENGINE_UNREACHABLE: messages.WARNING,
     Outcome.PAUSED: messages.SUCCESS,
     Outcome.RESUMED: messages.SUCCESS,
@@ -108,6 +109,16 @@ class ScheduleChangeList(ChangeList):
             schedule.runtime_status_label = label
 
 
+def _may_view_runs(request: HttpRequest) -> bool:
+    return request.user.has_perm("cleanups.view_cleanuprun")
+
+
+def _swap(fields: Any, replacements: dict[str, str | None]) -> list[str]:
+    """The field names with some replaced by others, or left out where the replacement is None."""
+    swapped = (replacements.get(name, name) for name in fields)
+    return [name for name in swapped if name is not None]
+
+
 def _status_badge(status: str, label: str) -> SafeString:
     return SafeString(
         render_to_string("cleanups/_status.html", {"status": status, "label": label}).strip()
@@ -148,9 +159,11 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
         "start_iteration",
         "consecutive_failures",
         "next_run_at",
+        "changed_by",
         "created_at",
         "updated_at",
         "run_history",
+        "overview",
         "recent_changes",
     ]
     fieldsets = [
@@ -195,6 +208,7 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
                     "next_run_at",
                     "run_history",
                     "recent_changes",
+                    "changed_by",
                     "created_at",
                     "updated_at",
                 ]
@@ -208,7 +222,21 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         # A schedule being added has no state yet: show only what the operator fills in.
-        return self.fieldsets if obj is not None else self.fieldsets[:3]
+        if obj is None:
+            return self.fieldsets[:3]
+        if _may_view_runs(request):
+            return self.fieldsets
+        # Runs' error text and the links to run pages are for those who may view runs.
+        hidden = {"last_error": None, "run_history": "overview"}
+        return [
+            (title, {**options, "fields": _swap(options["fields"], hidden)})
+            for title, options in self.fieldsets
+        ]
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        if _may_view_runs(request):
+            return self.list_display
+        return _swap(self.list_display, {"run_history": "overview"})
 
     @admin.display(description="Next five runs")
     def upcoming_runs(self, schedule: CleanupSchedule) -> str:
@@ -249,6 +277,7 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
         form = super().get_form(request, obj, change=change, **kwargs)
+        form.editor = request.user  # a class made for this request: validated as this person
         if "task" in form.base_fields:
             form.base_fields["task"].help_text = format_html(
                 "Which cleanup to run.{}",
@@ -310,6 +339,13 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
             upcoming.isoformat(timespec="seconds"),
             naturaltime(upcoming),
         )
+
+    @admin.display(description="Overview")
+    def overview(self, schedule: CleanupSchedule) -> str:
+        if schedule.pk is None:
+            return "–"
+        url = reverse("cleanups:schedule_detail", args=[schedule.pk])
+        return format_html('<a href="{}">Overview</a>', url)
 
     @admin.display(description="Run history")
     def run_history(self, schedule: CleanupSchedule) -> str:

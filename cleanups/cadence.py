@@ -6,14 +6,40 @@ answer (the orchestration's history replays to the same timers).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, CroniterError, croniter
 
 FIXED_DELAY, FIXED_RATE, CRON = "fixed_delay", "fixed_rate", "cron"
+# Far from datetime's end (9999-12-31), so no run time, timer or time-zone shift overflows.
+LATEST_YEAR = 9000
+MAX_INTERVAL = timedelta(days=366)
+_Result = TypeVar("_Result")
+
+
+class UncomputableRun(ValueError):
+    """The next run time cannot be computed: a cron that never fires, a date off the calendar."""
+
+
+def _computing(method: Callable[..., _Result]) -> Callable[..., _Result]:
+    """Whatever the arithmetic or the cron library raises becomes UncomputableRun, with why."""
+
+    @functools.wraps(method)
+    def compute(self: Cadence, *args: Any, **kwargs: Any) -> _Result:
+        try:
+            return method(self, *args, **kwargs)
+        except UncomputableRun:
+            raise
+        except (ValueError, ArithmeticError, LookupError, TypeError) as error:
+            raise UncomputableRun(self.explain(error)) from error
+
+    return compute
 
 
 @dataclass(frozen=True)
@@ -24,16 +50,37 @@ class Cadence:
     cron: str = ""
     timezone: str = "UTC"
 
+    @_computing
     def next_after(self, moment: datetime, finished: datetime | None = None) -> datetime:
-        """The first fire time strictly after ``moment`` (fixed_delay: ``finished`` + interval)."""
+        """The first fire time strictly after ``moment`` (fixed_delay: ``finished`` + interval).
+
+        Raises UncomputableRun when there is none.
+        """
         if self.kind == FIXED_DELAY:
-            return (finished or moment) + self.interval
-        if self.kind == FIXED_RATE:
+            following = (finished or moment) + self.interval
+        elif self.kind == FIXED_RATE:
             anchor = self.anchor or moment
             steps = math.floor((moment - anchor) / self.interval) + 1
-            return anchor + max(steps, 0) * self.interval
-        return cron_next(self.cron, self.timezone, moment)
+            following = anchor + max(steps, 0) * self.interval
+        else:
+            following = cron_next(self.cron, self.timezone, moment)
+        if following.year >= LATEST_YEAR:
+            raise UncomputableRun(f"the next run would fall in or after the year {LATEST_YEAR}")
+        return following
 
+    def explain(self, error: Exception) -> str:
+        """Why a run time could not be computed, in words an operator can act on."""
+        if isinstance(error, CroniterBadDateError):
+            return f"the cron expression {self.cron!r} never fires"
+        if isinstance(error, CroniterError):
+            return f"{self.cron!r} is not a valid cron expression ({error})"
+        if isinstance(error, ZoneInfoNotFoundError):
+            return f"{self.timezone!r} is not a known time zone"
+        if isinstance(error, OverflowError):
+            return f"a run time falls off the calendar ({error})"
+        return f"{type(error).__name__}: {error}"
+
+    @_computing
     def slots_between(self, start: datetime, end: datetime, limit: int = 100_000) -> int:
         """How many fire times fall in (start, end] (counted up to ``limit``)."""
         if self.kind == FIXED_RATE:
@@ -51,6 +98,7 @@ class Cadence:
             count += 1
         return count
 
+    @_computing
     def upcoming(self, moment: datetime, count: int = 5) -> list[datetime]:
         times, current = [], moment
         for _ in range(count):
@@ -79,7 +127,10 @@ def cron_is_valid(expression: str) -> bool:
 def preview_times(
     schedule: object, moment: datetime | None = None, count: int = 5
 ) -> list[datetime]:
-    """The next ``count`` run times a schedule (saved or not) would have, from ``moment``."""
+    """The next ``count`` run times a schedule (saved or not) would have, from ``moment``.
+
+    Raises UncomputableRun (a ValueError) when they cannot be computed.
+    """
     from django.utils import timezone
 
     moment = moment or timezone.now()
@@ -94,7 +145,7 @@ def preview_times(
         timezone=schedule.timezone,  # type: ignore[attr-defined]
     )
     if rule.kind == CRON and not cron_is_valid(rule.cron):
-        raise ValueError(f"{rule.cron!r} is not a valid 5-field cron expression.")
+        raise UncomputableRun(f"{rule.cron!r} is not a valid 5-field cron expression.")
     times = rule.upcoming(moment, count)
     end_at = getattr(schedule, "end_at", None)
     return [t for t in times if end_at is None or t <= end_at]

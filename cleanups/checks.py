@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from django.apps import apps
+from django.conf import settings
 from django.core.checks import Error, register
 
 from cleanups.durable.connection import EngineConfigError, engine_config
@@ -20,3 +22,21 @@ def check_engine_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]
             )
         ]
     return []
+
+
+@register()
+def check_allowed_models(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """A typo in CLEANUP_ALLOWED_MODELS would silently allow nothing it meant to."""
+    errors = []
+    for label in settings.CLEANUP_ALLOWED_MODELS:
+        try:
+            apps.get_model(label.strip())
+        except (LookupError, ValueError):
+            errors.append(
+                Error(
+                    f"CLEANUP_ALLOWED_MODELS lists {label!r}, which is not an installed model.",
+                    hint='Use app_label.ModelName labels, e.g. "sessions.Session".',
+                    id="cleanups.E002",
+                )
+            )
+    return errors

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import os
+import stat
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 
 from django.apps import apps
 from django.conf import settings
-from django.core.exceptions import FieldDoesNotExist, FieldError, ValidationError
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -58,6 +60,7 @@ def _validate_expired_sessions(params: Params) -> Params:
     "Delete Django sessions whose expiry date has passed, in database-side batches "
     '(optional "batch_size"; default: sized to about 50 ms each).',
     validate=_validate_expired_sessions,
+    deletes=["sessions.Session"],
 )
 def expired_sessions(ctx: CleanupContext) -> str:
     from django.contrib.sessions.models import Session
@@ -104,21 +107,7 @@ def _validate_delete_old_rows(params: Params) -> Params:
     if "older_than_days" not in params:
         raise ValidationError("older_than_days is required (may be fractional, e.g. 0.5).")
     days = positive_days(params, "older_than_days", None)
-    lookups = params.get("filter")
-    if lookups is None:
-        lookups = {}
-    if not isinstance(lookups, dict):
-        raise ValidationError('filter must be a JSON object of lookups, e.g. {"status": "done"}.')
-    try:
-        str(model._base_manager.filter(**lookups).query)
-    except (FieldError, ValueError, TypeError, ValidationError) as error:
-        raise ValidationError(
-            "filter is not valid for %(model)s: %(error)s",
-            params={
-                "model": params["model"],
-                "error": error,
-            },
-        ) from None
+    lookups = _validate_filter(model, field_name, params.get("filter"))
     cleaned = {
         "model": model._meta.label,
         "field": field_name,
@@ -128,12 +117,130 @@ def _validate_delete_old_rows(params: Params) -> Params:
     return _with_batch_size(cleaned, params)
 
 
+# A filter may only narrow the rows by the model's own plain columns with these lookups: no
+# spans to other models, no regexes or substring scans (a dry run's count would answer any
+# question about the data; a regex can hold the worker), never a secret.
+FILTER_LOOKUPS = frozenset(
+    {"exact", "iexact", "in", "isnull", "lt", "lte", "gt", "gte", "startswith", "istartswith"}
+)
+TEXT_LOOKUPS = frozenset({"iexact", "startswith", "istartswith"})
+MAX_FILTER_KEYS, MAX_IN_VALUES = 20, 1000
+
+
+def protected_field(model: type[models.Model], name: str) -> bool:
+    """A field holding secrets: a password, or one CLEANUP_PROTECTED_FIELDS lists (as a bare
+    name for every model, or as app_label.Model.field)."""
+    listed = {entry.strip().lower() for entry in settings.CLEANUP_PROTECTED_FIELDS}
+    return bool(
+        name == "password"
+        or name.lower() in listed
+        or f"{model._meta.label_lower}.{name.lower()}" in listed
+    )
+
+
+def _validate_filter(model: type[models.Model], age_field: str, lookups: Any) -> Params:
+    if lookups is None:
+        return {}
+    if not isinstance(lookups, dict):
+        raise ValidationError('filter must be a JSON object of lookups, e.g. {"status": "done"}.')
+    if len(lookups) > MAX_FILTER_KEYS:
+        raise ValidationError(
+            "filter may have at most %(max)d lookups.", params={"max": MAX_FILTER_KEYS}
+        )
+    for key, value in lookups.items():
+        try:
+            _check_lookup(model, age_field, key, value)
+        except ValidationError as error:
+            raise ValidationError(
+                "filter %(key)s: %(error)s",
+                params={"key": json.dumps(key)[:80], "error": " ".join(error.messages)},
+            ) from None
+    return lookups
+
+
+def _check_lookup(model: type[models.Model], age_field: str, key: str, value: Any) -> None:
+    name, _, lookup = key.partition("__")
+    lookup = lookup or "exact"
+    plain = [
+        f.name
+        for f in model._meta.concrete_fields
+        if not f.is_relation and f.name != age_field and not protected_field(model, f.name)
+    ]
+    try:
+        field = model._meta.get_field(name)
+    except FieldDoesNotExist:
+        field = None
+    if field is not None and protected_field(model, field.name):
+        raise ValidationError(
+            "%(name)s holds secrets and cannot be filtered on.", params={"name": name}
+        )
+    if field is not None and field.name == age_field:
+        raise ValidationError(
+            "%(name)s is the age field, which the task compares itself.", params={"name": name}
+        )
+    if field is None or field.name not in plain:
+        raise ValidationError(
+            "%(name)s is not one of %(model)s's own plain fields (%(fields)s).",
+            params={"name": name, "model": model._meta.label, "fields": ", ".join(plain)},
+        )
+    if lookup not in FILTER_LOOKUPS:
+        raise ValidationError(
+            "the lookup %(lookup)s is not allowed; use one of %(allowed)s (no spans to other "
+            "models).",
+            params={"lookup": lookup[:40], "allowed": ", ".join(sorted(FILTER_LOOKUPS))},
+        )
+    if lookup in TEXT_LOOKUPS and not isinstance(field, models.CharField | models.TextField):
+        raise ValidationError("%(lookup)s works on text fields only.", params={"lookup": lookup})
+    if lookup == "isnull":
+        if not isinstance(value, bool):
+            raise ValidationError("isnull takes true or false.")
+        return
+    if lookup == "in":
+        if not isinstance(value, list) or not 0 < len(value) <= MAX_IN_VALUES:
+            raise ValidationError(
+                "in takes a list of 1 to %(max)d values.", params={"max": MAX_IN_VALUES}
+            )
+        for item in value:
+            _check_value(field, item)
+        return
+    _check_value(field, value)
+
+
+def _check_value(field: models.Field, value: Any) -> None:
+    """A JSON scalar the field itself accepts (its type, and its database's range)."""
+    if isinstance(field, models.BooleanField):
+        kinds: tuple[type, ...] = (bool,)
+        expected = "true or false"
+    elif isinstance(field, models.IntegerField | models.FloatField):
+        kinds, expected = (int, float), "a number"
+    elif isinstance(field, models.DecimalField):
+        kinds, expected = (int, float, str), "a number"
+    else:  # text, and dates, times, UUIDs ... written as text in JSON
+        kinds, expected = (str,), "a JSON string"
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise ValidationError(
+            "%(field)s takes %(expected)s.", params={"field": field.name, "expected": expected}
+        )
+    try:
+        field.run_validators(field.to_python(value))
+    except ValidationError as error:
+        raise ValidationError(
+            "%(value)s is not a valid %(type)s: %(error)s",
+            params={
+                "value": json.dumps(value)[:40],
+                "type": field.get_internal_type(),
+                "error": " ".join(error.messages),
+            },
+        ) from None
+
+
 @cleanup_task(
     "delete_old_rows",
     'Delete rows of a model whose date field is older than an age: {"model": "app.Model", '
     '"field": "created", "older_than_days": 30, "filter": {...}}; optional "batch_size" '
     "(default: batches sized to about 50 ms each).",
     validate=_validate_delete_old_rows,
+    deletes_from_params=lambda params: [params["model"]],
 )
 def delete_old_rows(ctx: CleanupContext) -> str:
     params = ctx.params
@@ -205,56 +312,108 @@ def delete_old_files(ctx: CleanupContext) -> str:
     params = ctx.params
     root = _inside_allowed(params["directory"])  # checked again: the tree may have changed
     cutoff = time.time() - params["older_than_days"] * 86400
+    # Everything below works on directory descriptors, never on paths: a directory swapped for
+    # a symlink during the walk cannot redirect a single stat, unlink or rmdir outside the root.
+    root_fd = _open_directory_nofollow(root, params["directory"])
+    try:
+        files, bytes_freed, finished = _delete_files_under(ctx, root_fd, cutoff)
+        if not finished:
+            return f"Paused after {files} file(s); continuing."
+        if params["remove_empty_dirs"] and params["recursive"] and not ctx.dry_run:
+            removed = _remove_empty_dirs_under(root_fd)
+            if removed:
+                ctx.deleted("directories", removed)
+    finally:
+        os.close(root_fd)
+    verb = "Would free" if ctx.dry_run else "Freed"
+    return f"{verb} {bytes_freed} byte(s) in {files} file(s)."
+
+
+# Files deleted between two reports: a worker killed mid-run leaves a record short by at most
+# this many, while a report (one UPDATE) still costs little beside the unlinks it covers.
+FILES_PER_BATCH = 20
+
+
+def _open_directory_nofollow(real: Path, directory: str) -> int:
+    """A descriptor of ``real`` (an absolute, resolved path), opened one component at a time,
+    none of them through a symlink (one may have appeared since the path was resolved)."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in real.parts[1:]:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except OSError as error:
+        os.close(fd)
+        raise ValidationError(
+            "%(dir)s cannot be opened without following a symlink: %(error)s",
+            params={"dir": directory, "error": error.strerror},
+        ) from None
+    return fd
+
+
+def _delete_files_under(ctx: CleanupContext, root_fd: int, cutoff: float) -> tuple[int, int, bool]:
+    """Delete (dry run: count) the matching regular files older than ``cutoff``, reporting
+    after every batch. Returns files, bytes and whether the walk finished (not out of time)."""
+    params = ctx.params
     files = bytes_freed = 0
-    pending_files = pending_bytes = 0
+    batch_files = batch_bytes = 0
 
     def report() -> None:
-        nonlocal pending_files, pending_bytes
-        if pending_files:
-            ctx.deleted("files", pending_files, bytes=pending_bytes)
-        pending_files = pending_bytes = 0
+        nonlocal batch_files, batch_bytes
+        if batch_files:
+            ctx.deleted("files", batch_files, bytes=batch_bytes)
+        batch_files = batch_bytes = 0
 
-    for dirpath, dirnames, filenames in os.walk(root, topdown=True, followlinks=False):
+    # fwalk opens each subdirectory relative to its parent's descriptor and enters it only if
+    # it is the very directory lstat saw: never a symlink, whenever the swap happens.
+    walk = os.fwalk(".", topdown=True, follow_symlinks=False, dir_fd=root_fd)
+    for _dirpath, dirnames, filenames, dir_fd in walk:
         if not params["recursive"]:
             dirnames.clear()
-        here = Path(dirpath)
         for name in filenames:
             if not fnmatch.fnmatchcase(name, params["pattern"]):
                 continue
-            path = here / name
             try:
-                info = path.lstat()
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            # Never a symlink (its target may be anywhere) nor anything that is not a file.
-            if not path.is_file() or path.is_symlink() or info.st_mtime >= cutoff:
+            # Only regular files: never a symlink (its target may be anywhere), fifo or device.
+            if not stat.S_ISREG(info.st_mode) or info.st_mtime >= cutoff:
                 continue
             if not ctx.dry_run:
                 try:
-                    path.unlink()
+                    os.unlink(name, dir_fd=dir_fd)
                 except FileNotFoundError:
                     continue
             files += 1
             bytes_freed += info.st_size
-            pending_files += 1
-            pending_bytes += info.st_size
-            if pending_files >= 100:
+            batch_files += 1
+            batch_bytes += info.st_size
+            if batch_files >= FILES_PER_BATCH:
                 report()
             if ctx.out_of_time():
                 report()
-                return f"Paused after {files} file(s); continuing."
+                walk.close()
+                return files, bytes_freed, False
     report()
-    if params["remove_empty_dirs"] and params["recursive"] and not ctx.dry_run:
-        removed = 0
-        for dirpath, _dirnames, _filenames in os.walk(root, topdown=False, followlinks=False):
-            path = Path(dirpath)
-            if path != root and not path.is_symlink() and not any(path.iterdir()):
-                path.rmdir()
-                removed += 1
-        if removed:
-            ctx.deleted("directories", removed)
-    verb = "Would free" if ctx.dry_run else "Freed"
-    return f"{verb} {bytes_freed} byte(s) in {files} file(s)."
+    return files, bytes_freed, True
+
+
+def _remove_empty_dirs_under(root_fd: int) -> int:
+    """Remove the empty directories below the root (never the root), deepest first."""
+    removed = 0
+    for _dirpath, dirnames, _filenames, dir_fd in os.fwalk(
+        ".", topdown=False, follow_symlinks=False, dir_fd=root_fd
+    ):
+        for name in dirnames:
+            try:
+                # rmdir never follows a symlink (ENOTDIR) and leaves a full directory alone.
+                os.rmdir(name, dir_fd=dir_fd)
+            except OSError:
+                continue
+            removed += 1
+    return removed
 
 
 # prune_run_history --------------------------------------------------------------------------
@@ -277,6 +436,7 @@ def _validate_prune_run_history(params: Params) -> Params:
     'Prune our own run records: {"keep_last": 100, "keep_failed_last": 1000, '
     '"older_than_days": 30} per schedule; never a run still running.',
     validate=_validate_prune_run_history,
+    deletes=["cleanups.CleanupRun"],
 )
 def prune_run_history(ctx: CleanupContext) -> str:
     from cleanups.models import CleanupRun, CleanupSchedule

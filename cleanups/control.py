@@ -16,6 +16,7 @@ from django.utils import timezone
 from durabletask import client as dt_client
 from durabletask.internal import orchestrator_service_pb2 as pb
 
+from cleanups.cadence import UncomputableRun
 from cleanups.durable.connection import get_client
 from cleanups.durable.orchestrations import RUN_NOW_EVENT
 from cleanups.models import INSTANCE_ID_PREFIX, CleanupSchedule
@@ -60,6 +61,7 @@ class Outcome(enum.Enum):
     RESUMED = "resumed"
     RUN_REQUESTED = "run requested"
     NOT_RUNNING = "not running"
+    REFUSED = "refused"  # it cannot run as defined: stopped, with why
     ENGINE_UNREACHABLE = "engine unreachable"
 
 
@@ -72,6 +74,8 @@ class ControlOutcome:
 
 def start_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     """Mark the schedule running and start its orchestration unless one is already live."""
+    if refused := _refuse_if_it_cannot_run(schedule):
+        return refused
     _set_desired_state(schedule, CleanupSchedule.DesiredState.RUNNING)
     try:
         return start_orchestration(schedule, fresh_start=True)
@@ -126,7 +130,10 @@ def start_orchestration(
         if fresh_start:
             first_run = schedule.start_at if schedule.start_at and schedule.start_at > now else now
             if schedule.cadence == CleanupSchedule.Cadence.CRON and trigger == "scheduled":
-                first_run = schedule.cadence_rule().next_after(max(first_run, now))
+                try:
+                    first_run = schedule.cadence_rule().next_after(max(first_run, now))
+                except UncomputableRun as error:
+                    return stop_for_its_cadence(schedule, f"cannot compute the next run: {error}")
             schedule.start_iteration = iteration
             schedule.next_run_at = first_run
             schedule.anchor_at = first_run
@@ -187,6 +194,8 @@ def resume_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     """Resume a paused schedule; slots missed while paused follow the missed-run policy."""
     if schedule.desired_state != CleanupSchedule.DesiredState.PAUSED:
         return ControlOutcome(schedule, Outcome.NOT_RUNNING, f"“{schedule}” is not paused.")
+    if refused := _refuse_if_it_cannot_run(schedule):
+        return refused
     now = timezone.now()
     CleanupSchedule.objects.filter(pk=schedule.pk).update(
         desired_state=CleanupSchedule.DesiredState.RUNNING,
@@ -216,6 +225,8 @@ def run_now(schedule: CleanupSchedule, user: str = "") -> ControlOutcome:
         return ControlOutcome(
             schedule, Outcome.NOT_RUNNING, f"“{schedule}” is not running; start or resume it first."
         )
+    if refused := _refuse_if_it_cannot_run(schedule):
+        return refused
     try:
         with engine_call():
             client, state = _engine_state(schedule)
@@ -231,6 +242,8 @@ def run_now(schedule: CleanupSchedule, user: str = "") -> ControlOutcome:
 
 def restart_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     """Terminate the orchestration and start a fresh one (new history, the count going on)."""
+    if refused := _refuse_if_it_cannot_run(schedule):
+        return refused
     _set_desired_state(schedule, CleanupSchedule.DesiredState.RUNNING)
     try:
         with engine_call():
@@ -249,6 +262,24 @@ def restart_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     if outcome.outcome is not Outcome.STARTED:
         return outcome
     return ControlOutcome(schedule, Outcome.STARTED, f"“{schedule}” restarted.")
+
+
+def stop_for_its_cadence(schedule: CleanupSchedule, problem: str) -> ControlOutcome:
+    """Record a schedule whose next run cannot be computed as stopped, with why. Never started
+    again until an operator fixes it; the reconciler ends an orchestration still live."""
+    schedule.stop_because(problem)
+    return ControlOutcome(
+        schedule,
+        Outcome.REFUSED,
+        f"“{schedule}” cannot run: {problem}. Fix its cadence, then start it again.",
+    )
+
+
+def _refuse_if_it_cannot_run(schedule: CleanupSchedule) -> ControlOutcome | None:
+    """A definition that cannot work (edited behind validation's back, or a cron library that
+    changed its mind) is stopped with the reason instead of started: it would only fail."""
+    problem = schedule.next_run_problem()
+    return stop_for_its_cadence(schedule, problem) if problem else None
 
 
 def _engine_state(

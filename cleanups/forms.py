@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+import sys
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from django import forms
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
+from django.forms.fields import InvalidJSONInput
 from django.utils import timezone
 
 from cleanups.models import CleanupRun
@@ -28,6 +31,16 @@ class RunFilterForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        # A day whose bound in the current time zone is no datetime in UTC (the end of
+        # 9999-12-31; 0001-01-01 east of UTC) is an error of its field, not an OverflowError
+        # in the query. The bounds are the filter's: since from its day, until to the next.
+        for name, days_after in (("since", 0), ("until", 1)):
+            day = cleaned.get(name)
+            try:
+                if day is not None:
+                    (_start_of(day) + timedelta(days=days_after)).astimezone(UTC)
+            except OverflowError:
+                self.add_error(name, f"{name}={day.isoformat()} is out of range.")
         if cleaned.get("since") and cleaned.get("until") and cleaned["until"] < cleaned["since"]:
             self.add_error("until", "The end date is before the start date.")
         return cleaned
@@ -50,8 +63,46 @@ def _start_of(day: Any) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
 
 
+class ParamsField(forms.JSONField):
+    """The params' JSON text. Text nested too deep, or with a number too long, for Python's
+    parser to read is a field error like any other malformed JSON, not a 500."""
+
+    def to_python(self, value: Any) -> Any:
+        try:
+            return super().to_python(value)
+        except RecursionError as error:
+            raise ValidationError(
+                "The parameters are nested too deeply to read.", code="invalid"
+            ) from error
+        except ValueError as error:  # malformed JSON is a ValidationError already; not this
+            raise ValidationError(
+                "A number in the parameters has too many digits to read "
+                f"(at most {sys.get_int_max_str_digits()}).",
+                code="invalid",
+            ) from error
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        try:
+            return super().bound_data(data, initial)
+        except (RecursionError, ValueError):
+            return InvalidJSONInput(data)
+
+
 class CleanupScheduleForm(forms.ModelForm):
     """The admin's schedule form (its model and fields come from the ModelAdmin)."""
+
+    class Meta:
+        # Inherited by the form the ModelAdmin builds.
+        field_classes = {"params": ParamsField}
+
+    # The person saving, set by the admin for each request. The schedule is validated, saved and
+    # later run as theirs: it may delete only what they may delete.
+    editor: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.editor is not None:
+            self.instance.changed_by = self.editor
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import connections, models
@@ -13,6 +14,7 @@ from django.db.models import OuterRef, Subquery
 from django.urls import reverse
 
 from cleanups import cadence
+from cleanups.log import has_control_characters
 from cleanups.registry import get_task, task_choices
 
 if TYPE_CHECKING:
@@ -172,6 +174,15 @@ class CleanupSchedule(models.Model):
     recovering_since = models.DateTimeField(null=True, editable=False)
     recover_attempts = models.PositiveIntegerField(default=0, editable=False)
     last_error = models.TextField(blank=True, editable=False)
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+        help_text="Who last saved it: each run may delete only what this person may delete.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -193,6 +204,11 @@ class CleanupSchedule(models.Model):
 
     def clean(self) -> None:
         errors: dict[str, list[str]] = {}
+        if has_control_characters(self.name or ""):
+            # A name is written into log lines and mail subjects: no line breaks to forge them.
+            errors.setdefault("name", []).append(
+                "The name cannot contain control characters such as a line break."
+            )
         task = get_task(self.task)
         if task is None:
             errors.setdefault("task", []).append(
@@ -203,6 +219,11 @@ class CleanupSchedule(models.Model):
                 self.params = task.clean_params(self.params)
             except ValidationError as error:
                 errors.setdefault("params", []).extend(error.messages)
+            else:
+                # Whoever saves it answers for what it deletes (changed_by is set to them first).
+                refused = task.refusals(self.params, self.changed_by)
+                if refused:
+                    errors.setdefault("params", []).extend(refused)
         if self.interval is not None and self.interval < MIN_INTERVAL:
             errors.setdefault("interval", []).append("The interval must be at least 1 second.")
         try:
@@ -233,8 +254,53 @@ class CleanupSchedule(models.Model):
             )
         if self.start_at and self.end_at and self.end_at <= self.start_at:
             errors.setdefault("end_at", []).append("The end must come after the start.")
+        if self.interval is not None and self.interval > cadence.MAX_INTERVAL:
+            errors.setdefault("interval", []).append(
+                f"The interval can be at most {cadence.MAX_INTERVAL.days} days."
+            )
+        for field in ("start_at", "end_at"):
+            moment = getattr(self, field)
+            if moment is not None and moment.year >= cadence.LATEST_YEAR:
+                errors.setdefault(field, []).append(
+                    f"Give a time before the year {cadence.LATEST_YEAR}."
+                )
+        uses_interval = self.cadence != cadence.CRON
+        # A missing or too short interval is clean()'s error already; say nothing more of it.
+        interval_given = self.interval is not None and self.interval >= MIN_INTERVAL
+        if not errors and (interval_given or not uses_interval):
+            problem = self.next_run_problem()
+            if problem:
+                errors.setdefault("interval" if uses_interval else "cron", []).append(
+                    f"{problem[0].upper()}{problem[1:]}."
+                )
         if errors:
             raise ValidationError(errors)
+
+    def next_run_problem(self, moment: datetime | None = None) -> str:
+        """Why the next run cannot be computed from ``moment`` (default: now), the way the
+        worker computes it; "" when it can."""
+        if self.cadence != cadence.CRON and self.interval is None:
+            return "cannot compute the next run: there is no interval"
+        try:
+            cadence.preview_times(self, moment, count=2)
+        except (ValueError, TypeError) as error:
+            return f"cannot compute the next run: {str(error).rstrip('.')}"
+        return ""
+
+    def stop_because(self, problem: str) -> str:
+        """Stop the schedule, its reason "Stopped: <problem>." (cut to fit); that reason."""
+        reason = f"Stopped: {problem}."
+        limit = self._meta.get_field("status_reason").max_length or len(reason)
+        reason = reason if len(reason) <= limit else reason[: limit - 1] + "…"
+        self.desired_state, self.next_run_at, self.status_reason = (
+            self.DesiredState.STOPPED,
+            None,
+            reason,
+        )
+        CleanupSchedule.objects.filter(pk=self.pk).update(
+            desired_state=self.desired_state, next_run_at=None, status_reason=reason
+        )
+        return reason
 
     def get_runs_url(self) -> str:
         return reverse("cleanups:schedule_runs", args=[self.pk])

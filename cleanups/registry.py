@@ -13,10 +13,11 @@ start-up, the way ``admin.py`` modules are)::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.db import connections, models, transaction
 from django.db.models.deletion import (
@@ -25,6 +26,8 @@ from django.db.models.deletion import (
     Collector,
     get_candidate_relations_to_delete,
 )
+
+from cleanups.access import Entitlement, refusal
 
 if TYPE_CHECKING:
     from cleanups.models import CleanupRun
@@ -44,11 +47,15 @@ class CleanupContext:
         dry_run: bool = False,
         run: CleanupRun | None = None,
         deadline: float | None = None,
+        entitlement: Entitlement | None = None,
     ) -> None:
         self.params = params
         self.dry_run = dry_run
         self.run = run
         self.deadline = deadline
+        # A run acts for its schedule's editor; a context built by code (a shell, a test) has
+        # no entitlement and its caller answers for what it deletes.
+        self.entitlement = entitlement
         self.unfinished = False
         details = (run.details if run is not None else None) or {}
         self.targets: dict[str, dict[str, int]] = {
@@ -91,12 +98,16 @@ class CleanupContext:
 
 @dataclass(frozen=True)
 class CleanupTask:
-    """A registered cleanup: a function plus the validation of its parameters."""
+    """A registered cleanup: a function, the validation of its parameters, and the models it
+    deletes: named in its code (``deletes``) or chosen by the editor in its params
+    (``deletes_from_params``, given the cleaned params)."""
 
     name: str
     description: str
     function: TaskFunction
     validate: Validator
+    deletes: tuple[str, ...] = ()
+    deletes_from_params: Callable[[Params], Iterable[str]] | None = None
 
     def clean_params(self, params: Any) -> Params:
         """Return validated params, or raise ValidationError with a readable message."""
@@ -105,6 +116,29 @@ class CleanupTask:
         if not isinstance(params, Mapping):
             raise ValidationError("Parameters must be a JSON object, for example {}.")
         return self.validate(dict(params))
+
+    def target_models(self, params: Params) -> list[tuple[type[models.Model], bool]]:
+        """The models these (cleaned) params delete, each with whether code named it."""
+        named = [(apps.get_model(label), True) for label in self.deletes]
+        chosen = self.deletes_from_params(params) if self.deletes_from_params else ()
+        return named + [(apps.get_model(label), False) for label in chosen]
+
+    def refusals(self, params: Params, user: Any) -> list[str]:
+        """Why ``user`` may not save a schedule of this task with these params: [] if they may."""
+        reasons = []
+        for model, named_by_code in self.target_models(params):
+            why = refusal(user, model, named_by_code=named_by_code)
+            if why is not None:
+                reasons.append(f"You may not delete {model._meta.label}: {why}.")
+        return reasons
+
+    def entitle(self, params: Params, editor: Callable[[], Any]) -> Entitlement:
+        """What a run with these params may delete for the person ``editor()`` returns; raises
+        DeleteRefused before anything runs if they may no longer delete one of its models."""
+        entitlement = Entitlement(editor, self.deletes)
+        for model, _ in self.target_models(params):
+            entitlement.check(model)
+        return entitlement
 
 
 _registry: dict[str, CleanupTask] = {}
@@ -115,15 +149,33 @@ def _accept_any(params: Params) -> Params:
 
 
 def cleanup_task(
-    name: str, description: str, validate: Validator | None = None
+    name: str,
+    description: str,
+    validate: Validator | None = None,
+    *,
+    deletes: Iterable[str] = (),
+    deletes_from_params: Callable[[Params], Iterable[str]] | None = None,
 ) -> Callable[[TaskFunction], TaskFunction]:
-    """Register a function taking a CleanupContext as the cleanup task ``name``."""
+    """Register a function taking a CleanupContext as the cleanup task ``name``.
+
+    ``deletes``: the ``app_label.Model`` labels it deletes whatever its params; a schedule's
+    editor needs their delete permission. ``deletes_from_params``: for a task whose params name
+    the model, a function of the cleaned params giving the labels; those must also be allowed by
+    CLEANUP_ALLOWED_MODELS. Any other model a run hands to ``delete_in_batches`` must be both.
+    """
 
     def register(function: TaskFunction) -> TaskFunction:
         existing = _registry.get(name)
         if existing is not None and existing.function.__qualname__ != function.__qualname__:
             raise ValueError(f"A cleanup task named {name!r} is already registered.")
-        _registry[name] = CleanupTask(name, description, function, validate or _accept_any)
+        _registry[name] = CleanupTask(
+            name,
+            description,
+            function,
+            validate or _accept_any,
+            tuple(deletes),
+            deletes_from_params,
+        )
         return function
 
     return register
@@ -164,7 +216,11 @@ def delete_in_batches(
 
     ``batch_size`` fixes the rows per batch; without it the size adapts so that each batch
     takes about AUTO_BATCH_SECONDS.
+
+    In a run, the model is checked against what the schedule's editor may delete first.
     """
+    if ctx.entitlement is not None:
+        ctx.entitlement.check(queryset.model)
     if ctx.dry_run:
         ctx.would_delete(queryset.model._meta.label, queryset.count())
         return

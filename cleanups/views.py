@@ -1,8 +1,9 @@
-"""Run-history pages: staff only, a fixed number of queries whatever the number of runs."""
+"""Run-history pages: staff with the models' view permissions only, a fixed number of queries
+whatever the number of runs."""
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
@@ -10,6 +11,7 @@ from zoneinfo import ZoneInfo
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.db.models import OuterRef, QuerySet, Subquery, Sum, Value
@@ -45,6 +47,31 @@ from cleanups.models import MIN_INTERVAL, CleanupRun, CleanupSchedule
 
 RUNS_PER_PAGE = 50
 COUNT_CAP = 10_000
+
+VIEW_SCHEDULES = "cleanups.view_cleanupschedule"
+VIEW_RUNS = "cleanups.view_cleanuprun"
+
+View = Callable[..., HttpResponse]
+
+
+def staff_with_permissions(*perms: str) -> Callable[[View], View]:
+    """Staff holding ``perms`` only. Anyone else is sent to the admin login, as the admin does;
+    staff without them get a 403, since logging in again would not help."""
+
+    def decorator(view: View) -> View:
+        return staff_member_required(permission_required(perms, raise_exception=True)(view))
+
+    return decorator
+
+
+schedule_viewer_required = staff_with_permissions(VIEW_SCHEDULES)
+run_viewer_required = staff_with_permissions(VIEW_SCHEDULES, VIEW_RUNS)
+
+
+def can_view_runs(request: HttpRequest) -> bool:
+    """Whether the page may show runs' errors and link to run pages (read from the permission
+    cache the decorator filled: no query)."""
+    return request.user.has_perm(VIEW_RUNS)
 
 
 class CappedPaginator(Paginator):
@@ -86,15 +113,31 @@ class _Echo:
         return value
 
 
+# A cell starting with one of these is a formula to a spreadsheet (OWASP: CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _as_text(value: object) -> object:
+    """A text cell, with a leading ' if a spreadsheet would otherwise run it as a formula.
+    Numbers, dates and booleans the code writes itself are not str and stay as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return f"'{value}"
+    return value
+
+
 def _csv_response(runs: QuerySet[CleanupRun], filename: str) -> StreamingHttpResponse:
     """The runs as CSV, streamed in chunks: a million rows never sit in memory at once."""
     writer = csv.writer(_Echo())
     fields = [field for _, field in CSV_COLUMNS]
+    values = runs.values_list(*fields)
+    # Compiled now, so a filter value the database cannot take fails before the first byte,
+    # with an error status, never as a file cut short that looks complete.
+    values.query.get_compiler(using=values.db).as_sql()
 
     def rows() -> Iterator[str]:
         yield writer.writerow([name for name, _ in CSV_COLUMNS])
-        for values in runs.values_list(*fields).iterator(chunk_size=2000):
-            row = list(values)
+        for run in values.iterator(chunk_size=2000):
+            row = [_as_text(value) for value in run]
             duration = row[fields.index("duration")]
             row[fields.index("duration")] = "" if duration is None else duration.total_seconds()
             yield writer.writerow(row)
@@ -152,7 +195,7 @@ def _without(query: Any, key: str) -> str:
     return rest.urlencode()
 
 
-@staff_member_required
+@run_viewer_required
 def schedule_runs(request: HttpRequest, pk: int) -> HttpResponse:
     schedule = get_object_or_404(CleanupSchedule, pk=pk)
     return _run_list(request, schedule.runs.order_by("-iteration"), schedule)
@@ -161,7 +204,7 @@ def schedule_runs(request: HttpRequest, pk: int) -> HttpResponse:
 CHART_RUNS = 100
 
 
-@staff_member_required
+@schedule_viewer_required
 def schedule_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """A schedule: its configuration, its live orchestration, a chart, its newest runs."""
     schedule = get_object_or_404(CleanupSchedule, pk=pk)
@@ -183,6 +226,7 @@ def schedule_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "engine_error": engine_error,
         "chart": run_chart(list(reversed(newest))),
         "recent": newest[:20],
+        "can_view_runs": can_view_runs(request),
     }
     if request.GET.get("live"):
         # The parts that change while the schedule runs: its orchestration and newest runs.
@@ -204,7 +248,7 @@ def schedule_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
-@staff_member_required
+@run_viewer_required
 def all_runs(request: HttpRequest) -> HttpResponse:
     runs = CleanupRun.objects.select_related("schedule").order_by("-started_at", "-pk")
     return _run_list(request, runs, None)
@@ -212,41 +256,57 @@ def all_runs(request: HttpRequest) -> HttpResponse:
 
 @staff_member_required
 def cadence_preview(request: HttpRequest) -> JsonResponse:
-    """The next five run times of the cadence in the query string, for the schedule form."""
+    """The next five run times of the cadence in the query string, for the schedule form.
+
+    A value that cannot be read, or a cadence that cannot run, is a 400 naming the parameter.
+    """
+
+    def refuse(parameter: str, message: str) -> JsonResponse:
+        return JsonResponse({"error": message, "parameter": parameter}, status=400)
+
     values = request.GET
     draft = CleanupSchedule(
         cadence=values.get("cadence") or CleanupSchedule.Cadence.FIXED_DELAY,
         cron=values.get("cron", "").strip(),
         timezone=values.get("timezone") or settings.TIME_ZONE,
     )
-    interval = parse_duration(values.get("interval", "").strip())
+    try:
+        interval = parse_duration(values.get("interval", "").strip())
+    except (ValueError, OverflowError):  # well formed, but more days than a timedelta holds
+        return refuse("interval", "Enter an interval of at most 366 days.")
     if interval is None or interval < MIN_INTERVAL:
         if draft.cadence != CleanupSchedule.Cadence.CRON:
-            return JsonResponse({"error": "Enter an interval of at least 1 second."})
+            return refuse("interval", "Enter an interval of at least 1 second.")
         interval = MIN_INTERVAL
     draft.interval = interval
     for field in ("start_at", "end_at"):
         raw = values.get(field, "").strip()
-        moment = parse_datetime(raw) if raw else None
+        try:
+            moment = parse_datetime(raw) if raw else None
+        except ValueError:  # well formed, but no such day or time (2026-99-99)
+            moment = None
         if raw and moment is None:
-            return JsonResponse({"error": f"{field} is not a date and time."})
+            return refuse(field, f"{field} is not a date and time.")
         if moment is not None and timezone.is_naive(moment):
             moment = timezone.make_aware(moment)
         setattr(draft, field, moment)
     try:
         draft.clean_fields(exclude=["name", "task", "params", "interval"])
         draft.clean_cadence()
+    except ValidationError as error:
+        fields = error.message_dict
+        return refuse(next(iter(fields)), " ".join(m for ms in fields.values() for m in ms))
+    try:
         times = preview_times(draft)
-    except (ValidationError, ValueError) as error:
-        messages = error.messages if isinstance(error, ValidationError) else [str(error)]
-        return JsonResponse({"error": " ".join(messages)})
-    zone = ZoneInfo(draft.timezone)
-    return JsonResponse(
-        {"times": [t.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z") for t in times]}
-    )
+        zone = ZoneInfo(draft.timezone)
+        labels = [t.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z") for t in times]
+    except (ValueError, OverflowError) as error:
+        parameter = "cron" if draft.cadence == CleanupSchedule.Cadence.CRON else "interval"
+        return refuse(parameter, str(error))
+    return JsonResponse({"times": labels})
 
 
-@staff_member_required
+@run_viewer_required
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(CleanupRun.objects.select_related("schedule"), pk=pk)
     context = {
@@ -314,16 +374,22 @@ def _last_runs(recent: dict[int, list[StripRun]]) -> dict[int, CleanupRun]:
 def _strip_html(runs: list[StripRun], run_url: str) -> str:
     """The strip of marks, oldest first, as one string: the template loop it replaces, with a
     {% url %} per mark, took most of a second for 1,000 schedules. Statuses and labels come
-    from the model's choices, escaped once."""
+    from the model's choices, escaped once. With no ``run_url`` the marks link nowhere."""
     marks, summary = [], []
     for run in reversed(runs):
         status, text = _MARKS.get(run.status) or (escape(run.status), escape(run.status))
         if run.dry_run:
             status, text = f"{status} mark-dry", f"{text} (dry run)"
-        marks.append(
-            f'<a class="mark mark-{status}" href="{run_url}{run.pk}/" '
-            f'title="#{run.iteration} {text}" aria-label="#{run.iteration} {text}"></a>'
-        )
+        if run_url:
+            marks.append(
+                f'<a class="mark mark-{status}" href="{run_url}{run.pk}/" '
+                f'title="#{run.iteration} {text}" aria-label="#{run.iteration} {text}"></a>'
+            )
+        else:
+            marks.append(
+                f'<span class="mark mark-{status}" role="img" '
+                f'title="#{run.iteration} {text}" aria-label="#{run.iteration} {text}"></span>'
+            )
         summary.append(text)
     label = ", ".join(summary) or "no runs yet"
     # A group, not an image: its label reads the whole strip, and each mark is a link of its
@@ -352,9 +418,12 @@ def _deleted_since(since: datetime) -> Subquery:
 DASHBOARD_FILTERS = ("running", "paused", "failing", "recovering")
 
 
-def dashboard_rows(show: str = "") -> tuple[list[dict[str, object]], dict[str, int], bool]:
+def dashboard_rows(
+    show: str = "", *, link_runs: bool = True
+) -> tuple[list[dict[str, object]], dict[str, int], bool]:
     """Per schedule: live state, recent runs, success rate, last and next run, 24 h deletions.
-    The totals count every schedule; ``show``, one of the totals, keeps only its rows."""
+    The totals count every schedule; ``show``, one of the totals, keeps only its rows.
+    ``link_runs``: the strips' marks link to the run pages (for those who may open them)."""
     since = timezone.now() - timedelta(hours=24)
     schedules = list(
         CleanupSchedule.objects.annotate(
@@ -367,7 +436,9 @@ def dashboard_rows(show: str = "") -> tuple[list[dict[str, object]], dict[str, i
         engine_up = True
     except EngineUnavailable:
         states, engine_up = {}, False
-    run_url = escape(reverse("cleanups:run_detail", args=[0]).removesuffix("0/"))
+    run_url = (
+        escape(reverse("cleanups:run_detail", args=[0]).removesuffix("0/")) if link_runs else ""
+    )
     last_runs = _last_runs(recent)
     rows = []
     totals = {"running": 0, "paused": 0, "failing": 0, "recovering": 0}
@@ -415,10 +486,10 @@ def _dashboard_filter(request: HttpRequest) -> str:
     return show if show in DASHBOARD_FILTERS else ""
 
 
-@staff_member_required
+@schedule_viewer_required
 def dashboard(request: HttpRequest) -> HttpResponse:
     show = _dashboard_filter(request)
-    rows, totals, engine_up = dashboard_rows(show)
+    rows, totals, engine_up = dashboard_rows(show, link_runs=can_view_runs(request))
     return render(
         request,
         "cleanups/dashboard.html",
@@ -429,16 +500,17 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "totals": totals,
             "engine_up": engine_up,
             "show": show,
+            "can_view_runs": can_view_runs(request),
             "status_url": reverse("cleanups:dashboard_status") + (f"?show={show}" if show else ""),
         },
     )
 
 
-@staff_member_required
+@schedule_viewer_required
 def dashboard_status(request: HttpRequest) -> JsonResponse:
     """The dashboard's live parts, for its refresh without a reload."""
     show = _dashboard_filter(request)
-    rows, totals, engine_up = dashboard_rows(show)
+    rows, totals, engine_up = dashboard_rows(show, link_runs=can_view_runs(request))
     return JsonResponse(
         {
             "engine_up": engine_up,

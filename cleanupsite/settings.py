@@ -1,5 +1,6 @@
 """Settings for the cleanups project: every knob comes from the environment (or an optional .env)."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,32 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# HTTPS, for a deployment behind TLS (README, "Production"). All off by default: the local demo
+# serves plain HTTP, where secure-only cookies and redirects to https would lock everyone out.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
+
+
+def _proxy_ssl_header(header: str) -> tuple[str, str] | None:
+    """The header a TLS-terminating proxy sets to "https" (X-Forwarded-Proto), as Django wants it."""
+    if not header:
+        return None
+    if not re.fullmatch(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*", header):
+        # At start-up rather than as a system check: gunicorn runs no checks, and a wrong value
+        # would make every request look like plain HTTP (a redirect loop with SSL redirect on).
+        sys.exit(
+            f"cleanups: SECURE_PROXY_SSL_HEADER={header!r} is not a header name. Set it to the "
+            "header your proxy sets to https, e.g. SECURE_PROXY_SSL_HEADER=X-Forwarded-Proto."
+        )
+    return ("HTTP_" + header.upper().replace("-", "_"), "https")
+
+
+SECURE_PROXY_SSL_HEADER = _proxy_ssl_header(env.str("SECURE_PROXY_SSL_HEADER", default=""))
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -130,6 +157,11 @@ SAMPLE_TIMER_SECONDS = env.float("SAMPLE_TIMER_SECONDS", default=15.0)
 
 # Directories the delete_old_files task may clean (comma-separated); nothing outside them.
 CLEANUP_ALLOWED_DIRS = env.list("CLEANUP_ALLOWED_DIRS", default=[])
+# Models an editor may point delete_old_rows at (comma-separated app_label.Model). Unset: every
+# installed model except those of auth, admin, contenttypes, sessions and cleanups.
+CLEANUP_ALLOWED_MODELS = env.list("CLEANUP_ALLOWED_MODELS", default=[])
+# Fields no filter may name (field, or app_label.Model.field); password fields always.
+CLEANUP_PROTECTED_FIELDS = env.list("CLEANUP_PROTECTED_FIELDS", default=["password"])
 # A long cleanup runs in parts of about this many seconds each, so its progress reaches the
 # orchestration's custom status and a lost worker costs at most one part.
 CLEANUP_PART_SECONDS = env.float("CLEANUP_PART_SECONDS", default=20.0)
@@ -149,12 +181,13 @@ LOGGING = {
     },
     "filters": {
         "drop_cancelled_stream": {"()": "cleanups.log.DropCancelledStream"},
+        "escape_control_characters": {"()": "cleanups.log.EscapeControlCharacters"},
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "plain",
-            "filters": ["drop_cancelled_stream"],
+            "filters": ["drop_cancelled_stream", "escape_control_characters"],
         },
     },
     "loggers": {

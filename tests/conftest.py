@@ -141,8 +141,14 @@ def durable_client(engine: CountingEngine) -> Any:
 
 
 @pytest.fixture
-def make_schedule(db: None) -> Callable[..., CleanupSchedule]:
+def make_schedule(db: None, django_user_model: Any) -> Callable[..., CleanupSchedule]:
+    """Schedules as a superuser saved them (tests of narrower rights pass ``changed_by``)."""
+
     def make(**fields: Any) -> CleanupSchedule:
+        if "changed_by" not in fields:
+            fields["changed_by"], _ = django_user_model.objects.get_or_create(
+                username="schedule-owner", defaults={"is_staff": True, "is_superuser": True}
+            )
         fields.setdefault("name", f"schedule-{CleanupSchedule.objects.count() + 1}")
         fields.setdefault("interval", timedelta(seconds=1))
         fields.setdefault("task", "sample")

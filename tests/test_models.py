@@ -14,8 +14,11 @@ from cleanups.models import CleanupRun, CleanupSchedule
 pytestmark = pytest.mark.django_db
 
 
-def test_name_and_interval_make_a_valid_runnable_schedule():
-    schedule = CleanupSchedule.objects.create(name="x", interval=timedelta(seconds=2))
+def test_name_and_interval_make_a_valid_runnable_schedule(admin_user):
+    # Its default task deletes sessions: valid as saved by someone who may delete them.
+    schedule = CleanupSchedule.objects.create(
+        name="x", interval=timedelta(seconds=2), changed_by=admin_user
+    )
 
     schedule.full_clean()
     assert schedule.task == "expired_sessions"

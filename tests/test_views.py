@@ -7,6 +7,7 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -108,9 +109,13 @@ def test_non_staff_users_are_sent_to_the_admin_login(schedule, failed_run, djang
 
 def test_staff_users_see_the_pages(schedule, failed_run, admin_client, django_user_model):
     staff = Client()
-    staff.force_login(
-        django_user_model.objects.create_user(username="operator", password="pw", is_staff=True)
+    operator = django_user_model.objects.create_user(
+        username="operator", password="pw", is_staff=True
     )
+    operator.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_cleanupschedule", "view_cleanuprun"])
+    )
+    staff.force_login(operator)
     for browser in (admin_client, staff):
         for url in page_urls(schedule, failed_run):
             response = browser.get(url)

@@ -20,6 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 from durabletask import task
 
+from cleanups.cadence import UncomputableRun
 from cleanups.models import CleanupRun, CleanupSchedule
 from cleanups.registry import CleanupContext, get_task
 
@@ -127,6 +128,8 @@ def execute_iteration(
                 f"No cleanup task named {schedule.task!r} is registered in this worker."
             )
         cleanup.params = task_spec.clean_params(schedule.params)
+        # Rights change: the editor must still be entitled to every deletion, at every run.
+        cleanup.entitlement = task_spec.entitle(cleanup.params, lambda: schedule.changed_by)
         message = task_spec.function(cleanup) or ""
         status = Status.SUCCEEDED
     except Exception as exc:  # a failing cleanup is a failed run, never a failed loop
@@ -183,7 +186,9 @@ def _handle_missed_slots(
 ) -> dict[str, Any] | None:
     """Apply the missed-run policy when a scheduled run starts late; None if nothing was missed.
 
-    Idempotent: a redelivery finds the skipped row it wrote and makes the same decision.
+    Idempotent: a redelivery finds the skipped row it wrote and makes the same decision. Slots
+    that cannot be computed count as none missed: the planned run runs, and its planning stops
+    the schedule.
     """
     existing = CleanupRun.objects.filter(schedule=schedule, iteration=iteration).first()
     if existing is not None and existing.status != Status.SKIPPED:
@@ -194,7 +199,10 @@ def _handle_missed_slots(
         if now - planned <= rule_grace():
             return None  # on time, give or take a timer's lateness
         # Slots due in [planned, now]: the planned one plus every later one already past.
-        missed = 1 + rule.slots_between(planned, now)
+        try:
+            missed = 1 + rule.slots_between(planned, now)
+        except UncomputableRun:
+            return None
         run_once = schedule.missed_runs == CleanupSchedule.MissedRuns.RUN_ONCE
         skipped = missed - 1 if run_once else missed
         if skipped == 0:
@@ -203,7 +211,13 @@ def _handle_missed_slots(
         existing = _record_skipped(schedule, iteration, skipped, reason, planned, now)
     if schedule.missed_runs == CleanupSchedule.MissedRuns.RUN_ONCE:
         return {"iteration": iteration + 1}
-    next_run_at = rule.next_after(existing.finished_at or now, existing.finished_at or now)
+    try:
+        next_run_at = rule.next_after(existing.finished_at or now, existing.finished_at or now)
+    except UncomputableRun as error:
+        return {
+            "skip": True,
+            "result": _stop_for_its_cadence(schedule, iteration, str(error), Status.SKIPPED),
+        }
     CleanupSchedule.objects.filter(pk=schedule.pk).update(next_run_at=next_run_at)
     return {
         "skip": True,
@@ -340,25 +354,15 @@ def _plan_next(
         )
         return _stop(iteration, "iteration limit reached", status)
     next_iteration, next_trigger = iteration + 1, Trigger.SCHEDULED
-    rule = schedule.cadence_rule()
     if run.trigger == Trigger.MANUAL and planned_at:
         next_run_at = datetime.fromisoformat(planned_at)  # a manual run moves nothing
     else:
-        next_run_at = rule.next_after(run.started_at, run.finished_at)
-        finished = run.finished_at or timezone.now()
-        if rule.kind != "fixed_delay" and next_run_at <= finished:
-            # The run overran its slot: the next one never overlaps it, and the slots it ran
-            # over follow the missed-run policy.
-            missed = 1 + rule.slots_between(next_run_at, finished)
-            run_once = schedule.missed_runs == CleanupSchedule.MissedRuns.RUN_ONCE
-            skipped = missed - 1 if run_once else missed
-            if skipped:
-                _record_skipped(schedule, next_iteration, skipped, "overran", next_run_at, finished)
-                next_iteration += 1
-            if run_once:
-                next_run_at, next_trigger = finished, Trigger.CATCH_UP
-            else:
-                next_run_at = rule.next_after(finished, finished)
+        try:
+            next_run_at, next_iteration, next_trigger = _next_after_run(
+                schedule, run, next_iteration
+            )
+        except UncomputableRun as error:
+            return _stop_for_its_cadence(schedule, iteration, str(error), status)
     if schedule.start_at and next_run_at < schedule.start_at:
         next_run_at = schedule.start_at
     healed = {"recovering_since": None, "recover_attempts": 0} if schedule.recovering_since else {}
@@ -373,6 +377,43 @@ def _plan_next(
         "next_run_at": next_run_at.isoformat(),
         "max_retries": schedule.max_retries,
     }
+
+
+def _next_after_run(
+    schedule: CleanupSchedule, run: CleanupRun, next_iteration: int
+) -> tuple[datetime, int, str]:
+    """When the run after ``run`` is due, its iteration and trigger. Raises UncomputableRun."""
+    rule = schedule.cadence_rule()
+    next_run_at = rule.next_after(run.started_at, run.finished_at)
+    finished = run.finished_at or timezone.now()
+    if rule.kind == "fixed_delay" or next_run_at > finished:
+        return next_run_at, next_iteration, Trigger.SCHEDULED
+    # The run overran its slot: the next one never overlaps it, and the slots it ran over
+    # follow the missed-run policy.
+    missed = 1 + rule.slots_between(next_run_at, finished)
+    run_once = schedule.missed_runs == CleanupSchedule.MissedRuns.RUN_ONCE
+    skipped = missed - 1 if run_once else missed
+    if skipped:
+        _record_skipped(schedule, next_iteration, skipped, "overran", next_run_at, finished)
+        next_iteration += 1
+    if run_once:
+        return finished, next_iteration, Trigger.CATCH_UP
+    return rule.next_after(finished, finished), next_iteration, Trigger.SCHEDULED
+
+
+def _stop_for_its_cadence(
+    schedule: CleanupSchedule, iteration: int, problem: str, status: str
+) -> dict[str, Any]:
+    """The next run cannot be computed: the run stays recorded, the schedule stops with why, and
+    the loop ends completed (a failed one would be recovered, and fail again, forever)."""
+    schedule.stop_because(f"cannot compute the next run: {problem}")
+    logger.warning(
+        "schedule=%s iteration=%d stopped: cannot compute the next run: %s",
+        schedule.name,
+        iteration,
+        problem,
+    )
+    return _stop(iteration, "cannot compute the next run", status)
 
 
 def _count_failure(schedule: CleanupSchedule, run: CleanupRun) -> str:

@@ -23,6 +23,7 @@ from cleanups.control import (
     Status,
     fetch_runtime_states,
     start_orchestration,
+    stop_for_its_cadence,
 )
 from cleanups.durable.connection import get_client
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
@@ -114,6 +115,12 @@ class Reconciler:
                 continue
             # Read again just before acting: an operator may have stopped it meanwhile.
             if not CleanupSchedule.objects.should_run().filter(pk=schedule.pk).exists():
+                continue
+            problem = schedule.next_run_problem()
+            if problem:
+                # Started again it would only fail again: stopped, with why, until it is fixed.
+                stop_for_its_cadence(schedule, problem)
+                logger.warning("reconciler: schedule %s stopped: %s", schedule, problem)
                 continue
             failed = state is not None and state.runtime_status == Status.FAILED
             if failed and not self._due_for_recovery(schedule, state):

@@ -3,7 +3,13 @@
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from cleanups.registry import CleanupContext, Params, cleanup_task, reject_unknown
+from cleanups.registry import (
+    CleanupContext,
+    Params,
+    cleanup_task,
+    delete_in_batches,
+    reject_unknown,
+)
 from tests.testapp.models import Event
 
 
@@ -18,6 +24,7 @@ def validate_params(params: Params) -> Params:
     "testapp_events_of_kind",
     "Delete every Event of one kind (a custom task from the tests' app).",
     validate=validate_params,
+    deletes=["testapp.Event"],
 )
 def events_of_kind(ctx: CleanupContext) -> str:
     events = Event.objects.filter(kind=ctx.params["kind"])
@@ -45,3 +52,15 @@ def flaky(ctx: CleanupContext) -> str:
     if FLAKY_FAILURES[key] <= ctx.params.get("failures", 1):
         raise RuntimeError(f"flaky failure {FLAKY_FAILURES[key]}")
     return "Worked this time."
+
+
+@cleanup_task(
+    "testapp_delete_sessions",
+    "Deletes every session through delete_in_batches without declaring it (for the rule that "
+    "a run may delete only allowed models its editor may delete).",
+)
+def delete_sessions(ctx: CleanupContext) -> str:
+    from django.contrib.sessions.models import Session
+
+    delete_in_batches(ctx, Session.objects.all())
+    return "Deleted sessions."
