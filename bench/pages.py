@@ -159,6 +159,7 @@ def fill_schedules(count: int, now: datetime) -> None:
                 0,  # recover_attempts
                 "",  # status_reason
                 "UTC",
+                0,  # generation
             )
 
     columns = [
@@ -187,6 +188,7 @@ def fill_schedules(count: int, now: datetime) -> None:
         "recover_attempts",
         "status_reason",
         "timezone",
+        "generation",
     ]
     insert(CleanupSchedule._meta.db_table, columns, rows(), count, "schedules")
 

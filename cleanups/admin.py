@@ -189,6 +189,7 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
                     "max_iterations",
                     "missed_runs",
                     "max_retries",
+                    "max_run_seconds",
                     "pause_after_failures",
                     "notify_email",
                 ]

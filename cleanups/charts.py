@@ -63,7 +63,7 @@ def run_chart(runs: Sequence[CleanupRun]) -> Chart | None:
             )
         )
         points.append(f"{x + step / 2:.1f},{PAD + inner_h - inner_h * count / max_items:.1f}")
-    failed = sum(r.status == "failed" for r in runs)
+    failed = sum(r.status in ("failed", "timed_out") for r in runs)
     summary = (
         f"Last {len(runs)} runs: median duration {seconds_label(statistics.median(seconds))}, "
         f"longest {seconds_label(max(seconds))}; {sum(items)} items deleted in all, at most "

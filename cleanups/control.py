@@ -7,11 +7,15 @@ already recorded and runworker's reconciler finishes the job once the engine is 
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import grpc
+from django.db.models import F
 from django.utils import timezone
 from durabletask import client as dt_client
 from durabletask.internal import orchestrator_service_pb2 as pb
@@ -73,19 +77,84 @@ class ControlOutcome:
 
 
 def start_schedule(schedule: CleanupSchedule) -> ControlOutcome:
-    """Mark the schedule running and start its orchestration unless one is already live."""
+    """Mark the schedule running and start its orchestration unless one is already live.
+
+    The fresh start's bookkeeping (anchor, start_iteration, first run, a new generation) is
+    written with the desired state in one UPDATE before the engine call, so a reconciler pass
+    that reaches the engine first starts exactly this start, and it is reported as STARTED.
+    """
     if refused := _refuse_if_it_cannot_run(schedule):
         return refused
-    _set_desired_state(schedule, CleanupSchedule.DesiredState.RUNNING)
     try:
-        return start_orchestration(schedule, fresh_start=True)
+        with engine_call():
+            _, state = _engine_state(schedule)
+    except EngineUnavailable:
+        state = None
+    live = state is not None and state.runtime_status in LIVE_STATUSES
+    if live and schedule.is_alive:
+        _set_desired_state(schedule, CleanupSchedule.DesiredState.RUNNING)
+        return ControlOutcome(
+            schedule,
+            Outcome.ALREADY_RUNNING,
+            f"“{schedule}” is already running; nothing new started.",
+        )
+    try:
+        first_run = _first_run(schedule)
+    except UncomputableRun as error:
+        return stop_for_its_cadence(schedule, f"cannot compute the next run: {error}")
+    _new_generation(
+        schedule,
+        desired_state=CleanupSchedule.DesiredState.RUNNING,
+        start_iteration=schedule.next_iteration(),
+        next_run_at=first_run,
+        anchor_at=first_run,
+        status_reason="",
+        recover_attempts=0,
+        recovering_since=None,
+    )
+    try:
+        return _start_generation(schedule, trigger="scheduled")
     except EngineUnavailable:
         return _unreachable(schedule, "running")
 
 
+def _first_run(schedule: CleanupSchedule) -> datetime:
+    """A fresh start runs at once, or at start_at; a cron schedule at its first time after."""
+    now = timezone.now()
+    first_run = schedule.start_at if schedule.start_at and schedule.start_at > now else now
+    if schedule.cadence == CleanupSchedule.Cadence.CRON:
+        first_run = schedule.cadence_rule().next_after(first_run)
+    return first_run
+
+
+def _new_generation(schedule: CleanupSchedule, **fields: Any) -> None:
+    """An operator action: its fields and a new generation in one UPDATE. An orchestration of
+    an older generation stops before its next run (the activity compares)."""
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(generation=F("generation") + 1, **fields)
+    schedule.refresh_from_db()
+
+
+def _start_generation(schedule: CleanupSchedule, trigger: str) -> ControlOutcome:
+    """Start the schedule's current generation (the caller found none live), replacing a live
+    orchestration of an older one (an action that raced this one and lost: the last operator
+    action wins)."""
+    outcome = start_orchestration(schedule, trigger=trigger, known_not_live=True)
+    if outcome.outcome is Outcome.ALREADY_RUNNING:
+        with engine_call():
+            client = get_client()
+            client.terminate_orchestration(
+                schedule.instance_id, output="superseded by a newer start", recursive=False
+            )
+            client.wait_for_orchestration_completion(
+                schedule.instance_id, fetch_payloads=False, timeout=30
+            )
+        outcome = start_orchestration(schedule, trigger=trigger)
+    return outcome
+
+
 def terminate_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     """Mark the schedule stopped and terminate its orchestration if it is live."""
-    _set_desired_state(schedule, CleanupSchedule.DesiredState.STOPPED)
+    _new_generation(schedule, desired_state=CleanupSchedule.DesiredState.STOPPED, next_run_at=None)
     try:
         with engine_call():
             client, state = _engine_state(schedule)
@@ -102,71 +171,66 @@ def terminate_schedule(schedule: CleanupSchedule) -> ControlOutcome:
 
 
 def start_orchestration(
-    schedule: CleanupSchedule, *, fresh_start: bool, trigger: str = "scheduled"
+    schedule: CleanupSchedule, *, trigger: str = "scheduled", known_not_live: bool = False
 ) -> ControlOutcome:
-    """Start the schedule's orchestration, continuing its iteration count.
+    """Start the schedule's orchestration as the database describes it, its count going on.
 
-    A fresh start (the operator's) counts `max_iterations` from here, anchors the fixed-rate
-    grid now (or at `start_at`) and runs at once (or at `start_at`). A restart by the
-    reconciler keeps all that and resumes at the planned next run, so a next run that is
-    already past is handled by the missed-run policy. Raises EngineUnavailable.
+    The input comes from the schedule's row alone (its generation, next iteration and planned
+    next run; an operator's start wrote its fresh bookkeeping there first), so the operator's
+    call and a reconciler pass build the same start, and whichever reaches the engine second
+    finds it live with its own generation: STARTED for both. A live orchestration of another
+    generation is ALREADY_RUNNING. ``known_not_live``: the caller has just asked the engine.
+    Raises EngineUnavailable.
     """
-    with engine_call():
-        client, state = _engine_state(schedule)
-        if state is not None and state.runtime_status in LIVE_STATUSES:
-            return ControlOutcome(
-                schedule,
-                Outcome.ALREADY_RUNNING,
-                f"“{schedule}” is already running; nothing new started.",
-            )
-        iteration = schedule.next_iteration()
-        orchestration_input: dict[str, object] = {
-            "schedule_id": schedule.pk,
-            "iteration": iteration,
-            "trigger": trigger,
-            "max_retries": schedule.max_retries,
-        }
-        now = timezone.now()
-        if fresh_start:
-            first_run = schedule.start_at if schedule.start_at and schedule.start_at > now else now
-            if schedule.cadence == CleanupSchedule.Cadence.CRON and trigger == "scheduled":
-                try:
-                    first_run = schedule.cadence_rule().next_after(max(first_run, now))
-                except UncomputableRun as error:
-                    return stop_for_its_cadence(schedule, f"cannot compute the next run: {error}")
-            schedule.start_iteration = iteration
-            schedule.next_run_at = first_run
-            schedule.anchor_at = first_run
-            CleanupSchedule.objects.filter(pk=schedule.pk).update(
-                start_iteration=iteration,
-                next_run_at=first_run,
-                anchor_at=first_run,
-                status_reason="",
-                recover_attempts=0,
-                recovering_since=None,
-            )
-            if first_run > now:
-                orchestration_input["run_at"] = first_run.isoformat()
-        elif trigger == "scheduled" and schedule.next_run_at:
-            orchestration_input["run_at"] = schedule.next_run_at.isoformat()
-        try:
-            client.schedule_new_orchestration(
-                ORCHESTRATION_NAME,
-                input=orchestration_input,
-                instance_id=schedule.instance_id,
-                reuse_id_policy=_REPLACE_FINISHED,
-            )
-        except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.ALREADY_EXISTS:  # type: ignore[attr-defined]
-                return ControlOutcome(
-                    schedule,
-                    Outcome.ALREADY_RUNNING,
-                    f"“{schedule}” is already running; nothing new started.",
-                )
-            raise
-    return ControlOutcome(
+    iteration = schedule.next_iteration()
+    orchestration_input: dict[str, object] = {
+        "schedule_id": schedule.pk,
+        "iteration": iteration,
+        "trigger": trigger,
+        "max_retries": schedule.max_retries,
+        "max_run_seconds": schedule.run_limit,
+        "generation": schedule.generation,
+    }
+    if trigger == "scheduled" and schedule.next_run_at:
+        orchestration_input["run_at"] = schedule.next_run_at.isoformat()
+    started = ControlOutcome(
         schedule, Outcome.STARTED, f"“{schedule}” started at iteration {iteration}."
     )
+    with engine_call():
+        client = get_client()
+        state = (
+            None
+            if known_not_live
+            else client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+        )
+        if state is None or state.runtime_status not in LIVE_STATUSES:
+            try:
+                client.schedule_new_orchestration(
+                    ORCHESTRATION_NAME,
+                    input=orchestration_input,
+                    instance_id=schedule.instance_id,
+                    reuse_id_policy=_REPLACE_FINISHED,
+                )
+                return started
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.ALREADY_EXISTS:  # type: ignore[attr-defined]
+                    raise
+        if live_generation(client, schedule) == schedule.generation:
+            return started
+    return ControlOutcome(
+        schedule, Outcome.ALREADY_RUNNING, f"“{schedule}” is already running; nothing new started."
+    )
+
+
+def live_generation(client: dt_client.TaskHubGrpcClient, schedule: CleanupSchedule) -> Any:
+    """The generation a live orchestration of the schedule was started with (None: unknown)."""
+    state = client.get_orchestration_state(schedule.instance_id, fetch_payloads=True)
+    if state is None or state.runtime_status not in LIVE_STATUSES:
+        return None
+    try:
+        return json.loads(state.serialized_input or "{}").get("generation")
+    except (ValueError, AttributeError):
+        return None
 
 
 def pause_schedule(schedule: CleanupSchedule) -> ControlOutcome:
@@ -213,7 +277,7 @@ def resume_schedule(schedule: CleanupSchedule) -> ControlOutcome:
                 client.resume_orchestration(schedule.instance_id, reason="resumed by operator")
             elif state is None or state.runtime_status not in LIVE_STATUSES:
                 # Paused by its failure streak (the loop ended) or lost: start it again.
-                start_orchestration(schedule, fresh_start=False)
+                start_orchestration(schedule)
     except EngineUnavailable:
         return _unreachable(schedule, "running")
     return ControlOutcome(schedule, Outcome.RESUMED, f"“{schedule}” resumed.")
@@ -241,22 +305,27 @@ def run_now(schedule: CleanupSchedule, user: str = "") -> ControlOutcome:
 
 
 def restart_schedule(schedule: CleanupSchedule) -> ControlOutcome:
-    """Terminate the orchestration and start a fresh one (new history, the count going on)."""
+    """Terminate the orchestration and start a fresh one (new history, the count going on):
+    it runs at once, then on its cadence."""
     if refused := _refuse_if_it_cannot_run(schedule):
         return refused
-    _set_desired_state(schedule, CleanupSchedule.DesiredState.RUNNING)
+    # next_run_at now: a reconciler pass that starts this generation first runs it at once too.
+    _new_generation(
+        schedule, desired_state=CleanupSchedule.DesiredState.RUNNING, next_run_at=timezone.now()
+    )
     try:
         with engine_call():
             client, state = _engine_state(schedule)
-            if state is not None and state.runtime_status in LIVE_STATUSES:
+            live = state is not None and state.runtime_status in LIVE_STATUSES
+            # Unless a reconciler pass already started this very generation:
+            if live and live_generation(client, schedule) != schedule.generation:
                 client.terminate_orchestration(
                     schedule.instance_id, output="restarted by operator", recursive=False
                 )
                 client.wait_for_orchestration_completion(
                     schedule.instance_id, fetch_payloads=False, timeout=30
                 )
-            schedule.refresh_from_db()
-            outcome = start_orchestration(schedule, fresh_start=False, trigger="restart")
+            outcome = start_orchestration(schedule, trigger="restart")
     except (EngineUnavailable, TimeoutError):
         return _unreachable(schedule, "running")
     if outcome.outcome is not Outcome.STARTED:

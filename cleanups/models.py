@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -12,6 +14,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import connections, models
 from django.db.models import OuterRef, Subquery
 from django.urls import reverse
+from django.utils import timezone
 
 from cleanups import cadence
 from cleanups.log import has_control_characters
@@ -140,6 +143,13 @@ class CleanupSchedule(models.Model):
         validators=[MinValueValidator(1)],
         help_text="Stop after this many runs of one start. Blank runs forever.",
     )
+    max_run_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(366 * 86400)],
+        help_text="A run taking longer is recorded as timed out and the schedule goes on. "
+        "Blank: the site's CLEANUP_MAX_RUN_SECONDS; 0: no limit.",
+    )
     desired_state = models.CharField(
         max_length=10,
         choices=DesiredState.choices,
@@ -173,6 +183,12 @@ class CleanupSchedule(models.Model):
     resumed_at = models.DateTimeField(null=True, editable=False)
     recovering_since = models.DateTimeField(null=True, editable=False)
     recover_attempts = models.PositiveIntegerField(default=0, editable=False)
+    generation = models.PositiveIntegerField(
+        default=0,
+        editable=False,
+        help_text="Bumped by each operator start, restart and terminate, in the same UPDATE as "
+        "the desired state; the orchestration carries it, so a superseded one never runs.",
+    )
     last_error = models.TextField(blank=True, editable=False)
     changed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -314,6 +330,13 @@ class CleanupSchedule(models.Model):
         """Running or paused: its orchestration should exist."""
         return self.desired_state != self.DesiredState.STOPPED
 
+    @property
+    def run_limit(self) -> int:
+        """Seconds a run may take (0: no limit): its own max_run_seconds or the site's."""
+        if self.max_run_seconds is not None:
+            return self.max_run_seconds
+        return int(settings.CLEANUP_MAX_RUN_SECONDS)
+
     def cadence_rule(self) -> cadence.Cadence:
         return cadence.Cadence(
             kind=self.cadence,
@@ -423,6 +446,7 @@ class CleanupRun(models.Model):
         FAILED = "failed", "Failed"
         INTERRUPTED = "interrupted", "Interrupted"
         SKIPPED = "skipped", "Skipped"
+        TIMED_OUT = "timed_out", "Timed out"
 
     class Trigger(models.TextChoices):
         SCHEDULED = "scheduled", "Scheduled"
@@ -442,6 +466,11 @@ class CleanupRun(models.Model):
         default=dict, blank=True, help_text="The schedule's configuration this run ran with."
     )
     task = models.CharField(max_length=100, help_text="The task this run executed.")
+    planned_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the schedule planned it (blank for a manual run): it never starts before.",
+    )
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     duration = models.DurationField(null=True, blank=True)
@@ -505,3 +534,22 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.worker
+
+    def seems_dead(self, stale_after: timedelta | None = None) -> bool:
+        """Not beaten for ``stale_after`` (default: six reconcile intervals, at least 30 s), or
+        on this machine with its process gone."""
+        if stale_after is None:
+            stale_after = timedelta(seconds=max(30.0, settings.RECONCILE_INTERVAL * 6))
+        if self.last_seen < timezone.now() - stale_after:
+            return True
+        return self.hostname == socket.gethostname() and not _pid_alive(self.pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

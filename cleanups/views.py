@@ -444,14 +444,16 @@ def dashboard_rows(
     totals = {"running": 0, "paused": 0, "failing": 0, "recovering": 0}
     for schedule in schedules:
         runs = recent[schedule.pk][:STRIP_RUNS]
-        finished = [r for r in runs if r.status in ("succeeded", "failed", "interrupted")]
+        finished = [
+            r for r in runs if r.status in ("succeeded", "failed", "interrupted", "timed_out")
+        ]
         rate = (
             round(100 * sum(r.status == "succeeded" for r in finished) / len(finished))
             if finished
             else None
         )
         last = next((r for r in runs if r.status != "skipped"), None)
-        failing = bool(last and last.status == "failed")
+        failing = bool(last and last.status in ("failed", "timed_out"))
         last = last and last_runs.get(last.pk)
         runtime = runtime_status_label(states.get(schedule.instance_id)) if engine_up else ""
         if schedule.recovering_since:

@@ -165,6 +165,12 @@ CLEANUP_PROTECTED_FIELDS = env.list("CLEANUP_PROTECTED_FIELDS", default=["passwo
 # A long cleanup runs in parts of about this many seconds each, so its progress reaches the
 # orchestration's custom status and a lost worker costs at most one part.
 CLEANUP_PART_SECONDS = env.float("CLEANUP_PART_SECONDS", default=20.0)
+# A run longer than this is recorded as timed out and its schedule goes on (a schedule's own
+# max_run_seconds wins; 0: no limit).
+CLEANUP_MAX_RUN_SECONDS = env.int("CLEANUP_MAX_RUN_SECONDS", default=3600)
+# A live orchestration whose run was interrupted (its worker died) and not redelivered within
+# this is restarted by the reconciler, its count going on.
+STUCK_RUN_GRACE_SECONDS = env.float("STUCK_RUN_GRACE_SECONDS", default=60.0)
 # A scheduled run that starts more than this late has missed its slot (missed-run policy).
 MISSED_RUN_GRACE_SECONDS = env.float("MISSED_RUN_GRACE_SECONDS", default=2.0)
 # A failed orchestration (not a failed cleanup) is restarted after 5 s, 10 s, 20 s... at most this.

@@ -48,14 +48,28 @@ def test_a_run_is_recorded_with_status_counts_and_duration(running):
     assert timedelta(seconds=29) < schedule.next_run_at - run.finished_at <= timedelta(seconds=30)
 
 
-def test_a_redelivered_iteration_updates_its_own_record(running):
+def test_a_redelivered_finished_iteration_is_not_run_again(running):
+    # The engine delivers at least once: a delivery whose result was lost comes again.
     schedule = running()
 
-    execute_iteration(schedule.pk, 4)
-    execute_iteration(schedule.pk, 4)
+    first = execute_iteration(schedule.pk, 4)
+    again = execute_iteration(schedule.pk, 4)
 
     (run,) = runs_of(schedule)
     assert run.iteration == 4
+    assert run.attempts == 1
+    assert run.status == CleanupRun.Status.SUCCEEDED
+    assert again == first  # the same plan: the same next run
+
+
+def test_a_redelivered_interrupted_iteration_runs_again_in_its_own_record(running):
+    schedule = running()
+    execute_iteration(schedule.pk, 4)
+    CleanupRun.objects.filter(schedule=schedule).update(status="interrupted")
+
+    execute_iteration(schedule.pk, 4)
+
+    (run,) = runs_of(schedule)
     assert run.attempts == 2
     assert run.status == CleanupRun.Status.SUCCEEDED
 

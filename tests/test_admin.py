@@ -433,6 +433,7 @@ def test_add_form_asks_only_for_what_the_operator_fills_in(admin_client):
         "max_iterations",
         "missed_runs",
         "max_retries",
+        "max_run_seconds",
         "pause_after_failures",
         "notify_email",
     }

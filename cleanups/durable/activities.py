@@ -21,7 +21,7 @@ from django.utils import timezone
 from durabletask import task
 
 from cleanups.cadence import UncomputableRun
-from cleanups.models import CleanupRun, CleanupSchedule
+from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
 from cleanups.registry import CleanupContext, get_task
 
 logger = logging.getLogger("cleanups.runs")
@@ -63,6 +63,17 @@ def run_cleanup(ctx: task.ActivityContext, input: dict[str, Any]) -> dict[str, A
         triggered_by=input.get("triggered_by") or "",
         planned_at=input.get("planned_at"),
         max_retries=int(input.get("max_retries", 0)),
+        generation=input.get("generation"),
+        deadline=input.get("deadline"),
+    )
+
+
+@_closing_connections
+def time_out_run(ctx: task.ActivityContext, input: dict[str, Any]) -> dict[str, Any]:
+    """The run outlived its limit: the orchestration stopped waiting for it. Record it timed
+    out (keeping the counts of what it did delete) and plan the next run."""
+    return record_timeout(
+        int(input["schedule_id"]), int(input["iteration"]), planned_at=input.get("planned_at")
     )
 
 
@@ -91,10 +102,16 @@ def execute_iteration(
     triggered_by: str = "",
     planned_at: str | None = None,
     max_retries: int = 0,
+    generation: int | None = None,
+    deadline: str | None = None,
 ) -> dict[str, Any]:
     schedule = CleanupSchedule.objects.filter(pk=schedule_id).first()
     if schedule is None:
         return _stop(iteration, "schedule deleted")
+    if generation is not None and generation != schedule.generation:
+        # An operator started, restarted or terminated it since this loop began: a newer
+        # start owns the schedule, and this one must not run even once.
+        return _stop(iteration, "superseded by a newer start")
     if not schedule.is_alive:
         if part:
             _abandon_run(
@@ -116,10 +133,13 @@ def execute_iteration(
                 return plan["result"]
             iteration, trigger = plan["iteration"], Trigger.CATCH_UP
 
-    run = _begin_run(schedule, iteration, part, trigger, triggered_by)
-    # A dry run only reads, so it runs in one part (a resumed count would count twice).
-    deadline = None if run.dry_run else time.monotonic() + settings.CLEANUP_PART_SECONDS
-    cleanup = CleanupContext({}, dry_run=run.dry_run, run=run, deadline=deadline)
+    plan_at = None if trigger == Trigger.MANUAL or not planned_at else planned_at
+    run = _begin_run(schedule, iteration, part, trigger, triggered_by, plan_at)
+    if isinstance(run, dict):
+        return run  # another delivery ran it (or it timed out): its outcome, not a second run
+    cleanup = CleanupContext(
+        {}, dry_run=run.dry_run, run=run, deadline=_part_deadline(run.dry_run, deadline)
+    )
     message = error = tb = ""
     try:
         task_spec = get_task(schedule.task)
@@ -139,7 +159,8 @@ def execute_iteration(
         tb = traceback.format_exc()
 
     if status == Status.SUCCEEDED and cleanup.unfinished:
-        CleanupRun.objects.filter(pk=run.pk).update(message=message)
+        # finished_at marks the part done: nobody executes the run until its next part begins.
+        CleanupRun.objects.filter(pk=run.pk).update(message=message, finished_at=timezone.now())
         return {
             "continue": True,
             "more": True,
@@ -149,7 +170,9 @@ def execute_iteration(
         }
     if status == Status.FAILED and run.attempts <= max_retries:
         # The engine's retry policy runs this iteration again; its record is reused.
-        CleanupRun.objects.filter(pk=run.pk).update(error=error, traceback=tb)
+        CleanupRun.objects.filter(pk=run.pk).update(
+            error=error, traceback=tb, finished_at=timezone.now()
+        )
         logger.info(
             "run schedule=%s iteration=%d failed (attempt %d of %d), retrying: %s",
             schedule.name,
@@ -167,7 +190,20 @@ def execute_iteration(
     run.message = message
     run.error = error
     run.traceback = tb
-    run.save(update_fields=["status", "finished_at", "duration", "message", "error", "traceback"])
+    fields = ["status", "finished_at", "duration", "message", "error", "traceback"]
+    # A run timed out meanwhile keeps that status (one marked interrupted by a reconciler that
+    # thought its worker dead was not: its outcome stands).
+    still_ours = CleanupRun.objects.filter(
+        pk=run.pk, status__in=[Status.RUNNING, Status.INTERRUPTED]
+    )
+    if not still_ours.update(**{name: getattr(run, name) for name in fields}):
+        logger.info(
+            "run schedule=%s iteration=%d finished (%s) after it was timed out; it stays so",
+            schedule.name,
+            iteration,
+            status,
+        )
+        return _stop(iteration, "abandoned after its timeout", status)
     logger.info(
         "run schedule=%s iteration=%d status=%s duration=%.3fs items_deleted=%d trigger=%s%s",
         schedule.name,
@@ -190,6 +226,8 @@ def _handle_missed_slots(
     that cannot be computed count as none missed: the planned run runs, and its planning stops
     the schedule.
     """
+    if iteration == schedule.start_iteration:
+        return None  # a start's first run is what was asked for, however late it comes
     existing = CleanupRun.objects.filter(schedule=schedule, iteration=iteration).first()
     if existing is not None and existing.status != Status.SKIPPED:
         return None  # a redelivery of the run itself
@@ -229,6 +267,7 @@ def _handle_missed_slots(
             "next_iteration": iteration + 1,
             "next_run_at": next_run_at.isoformat(),
             "max_retries": schedule.max_retries,
+            "max_run_seconds": schedule.run_limit,
         },
     }
 
@@ -281,10 +320,30 @@ def _why_missed(schedule: CleanupSchedule, iteration: int, planned: datetime) ->
     return "worker down"
 
 
+def _part_deadline(dry_run: bool, run_deadline: str | None) -> float | None:
+    """When this part should stop (time.monotonic()): the part's length, and the run's limit."""
+    # A dry run only reads, so it runs in one part (a resumed count would count twice).
+    deadlines = [] if dry_run else [time.monotonic() + settings.CLEANUP_PART_SECONDS]
+    if run_deadline:
+        left = (datetime.fromisoformat(run_deadline) - timezone.now()).total_seconds()
+        deadlines.append(time.monotonic() + left)
+    return min(deadlines, default=None)
+
+
 def _begin_run(
-    schedule: CleanupSchedule, iteration: int, part: int, trigger: str, triggered_by: str
-) -> CleanupRun:
+    schedule: CleanupSchedule,
+    iteration: int,
+    part: int,
+    trigger: str,
+    triggered_by: str,
+    planned_at: str | None = None,
+) -> CleanupRun | dict[str, Any]:
+    """The iteration's run record, created or taken over; or, when another delivery of it ran
+    (or it timed out), the outcome to return instead of running it a second time."""
     now = timezone.now()
+    existing = _after_other_delivery(schedule, iteration, planned_at)
+    if existing is not None:
+        return existing
     with transaction.atomic():
         run, created = CleanupRun.objects.get_or_create(
             schedule=schedule,
@@ -292,6 +351,7 @@ def _begin_run(
             defaults={
                 "task": schedule.task,
                 "dry_run": schedule.dry_run,
+                "planned_at": datetime.fromisoformat(planned_at) if planned_at else None,
                 "started_at": now,
                 "worker": worker_id(),
                 "trigger": trigger,
@@ -321,6 +381,81 @@ def _begin_run(
     return run
 
 
+def record_timeout(schedule_id: int, iteration: int, planned_at: str | None) -> dict[str, Any]:
+    """Mark the iteration's run timed out, if it is still running, and plan the next run. Its
+    counts stay: they were committed with what they describe. A run that never began (no worker
+    took it) is recorded as timed out too, so the gap is visible."""
+    schedule = CleanupSchedule.objects.filter(pk=schedule_id).first()
+    if schedule is None:
+        return _stop(iteration, "schedule deleted")
+    # A catch-up may have taken a later iteration than the one the orchestration asked for.
+    runs = CleanupRun.objects.filter(schedule=schedule, iteration__gte=iteration)
+    run = runs.exclude(status=Status.SKIPPED).order_by("iteration").first()
+    now = timezone.now()
+    limit = schedule.run_limit
+    error = f"TimedOut: the run took longer than its limit of {limit} s and was abandoned."
+    if run is None:
+        run = CleanupRun.objects.create(
+            schedule=schedule,
+            iteration=iteration,
+            task=schedule.task,
+            dry_run=schedule.dry_run,
+            planned_at=datetime.fromisoformat(planned_at) if planned_at else None,
+            started_at=now,
+            finished_at=now,
+            duration=timedelta(0),
+            status=Status.TIMED_OUT,
+            error=error,
+            config=schedule.snapshot(),
+        )
+        _advance_iteration(schedule, iteration)
+    elif CleanupRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
+        status=Status.TIMED_OUT, finished_at=now, duration=now - run.started_at, error=error
+    ):
+        run.refresh_from_db()
+    else:
+        run.refresh_from_db()  # it finished just in time: its own outcome stands
+    logger.info(
+        "run schedule=%s iteration=%d status=%s after %.3fs (limit %d s)",
+        schedule.name,
+        run.iteration,
+        run.status,
+        (run.duration or timedelta(0)).total_seconds(),
+        limit,
+    )
+    return _plan_next(schedule_id, run.iteration, run, planned_at)
+
+
+def _after_other_delivery(
+    schedule: CleanupSchedule, iteration: int, planned_at: str | None
+) -> dict[str, Any] | None:
+    """One iteration, one execution at a time: while another worker that is alive runs this
+    iteration (the engine delivered it twice), wait for it, then return its outcome. None when
+    nobody else is running it: this delivery runs it (again, if its worker died)."""
+    runs = CleanupRun.objects.filter(schedule=schedule, iteration=iteration)
+    while True:
+        run = runs.first()
+        if run is None or run.status in (Status.INTERRUPTED, Status.SKIPPED):
+            return None
+        if run.status == Status.TIMED_OUT:
+            return _stop(iteration, "abandoned after its timeout", run.status)
+        if run.status != Status.RUNNING:
+            # Finished: a delivery whose result never reached the engine. Its outcome stands.
+            return _plan_next(schedule.pk, iteration, run, planned_at, count_failure=False)
+        # Running with finished_at set: between two parts, or waiting for a retry; no one is
+        # executing it, so this delivery takes it over.
+        if run.finished_at is not None or not _alive(run.worker):
+            return None
+        time.sleep(0.5)
+
+
+def _alive(worker: str) -> bool:
+    if worker == worker_id():
+        return True
+    beat = WorkerHeartbeat.objects.filter(worker=worker).first()
+    return beat is not None and not beat.seems_dead()
+
+
 def _advance_iteration(schedule: CleanupSchedule, iteration: int) -> None:
     CleanupSchedule.objects.filter(pk=schedule.pk, current_iteration__lt=iteration).update(
         current_iteration=iteration
@@ -334,7 +469,12 @@ def _abandon_run(schedule_id: int, iteration: int, reason: str) -> None:
 
 
 def _plan_next(
-    schedule_id: int, iteration: int, run: CleanupRun, planned_at: str | None
+    schedule_id: int,
+    iteration: int,
+    run: CleanupRun,
+    planned_at: str | None,
+    *,
+    count_failure: bool = True,
 ) -> dict[str, Any]:
     # Read the schedule again: an operator may have edited or stopped it during the run.
     schedule = CleanupSchedule.objects.filter(pk=schedule_id).first()
@@ -343,7 +483,7 @@ def _plan_next(
         return _stop(iteration, "schedule deleted", status)
     if not schedule.is_alive:
         return _stop(iteration, "schedule stopped", status)
-    paused_reason = _count_failure(schedule, run)
+    paused_reason = _count_failure(schedule, run) if count_failure else ""
     if paused_reason:
         return _stop(iteration, paused_reason, status)
     if run.trigger != Trigger.MANUAL and not schedule.iterations_left(iteration):
@@ -376,6 +516,7 @@ def _plan_next(
         "next_trigger": next_trigger,
         "next_run_at": next_run_at.isoformat(),
         "max_retries": schedule.max_retries,
+        "max_run_seconds": schedule.run_limit,
     }
 
 
@@ -418,7 +559,7 @@ def _stop_for_its_cadence(
 
 def _count_failure(schedule: CleanupSchedule, run: CleanupRun) -> str:
     """Track the failure streak; notify once per streak; pause if asked. The pause reason."""
-    if run.status != Status.FAILED:
+    if run.status not in (Status.FAILED, Status.TIMED_OUT):
         if schedule.consecutive_failures or schedule.failure_notified:
             CleanupSchedule.objects.filter(pk=schedule.pk).update(
                 consecutive_failures=0, failure_notified=False

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import enum
 import functools
+import heapq
+import itertools
 import logging
 import socket
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,14 +23,18 @@ from durabletask import client as dt_client
 from durabletask import worker as dt_worker
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 from durabletask.azuremanaged.worker import DurableTaskSchedulerWorker
+from durabletask.internal import helpers as dt_helpers
+from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from durabletask.internal.grpc_interceptor import _ClientCallDetails
 from durabletask.testing import InMemoryOrchestrationBackend
+from durabletask.testing.in_memory_backend import OrchestrationInstance
 
 EMBEDDED_HOST = "127.0.0.1"
 # The SDK's loggers, named so Django's LOGGING settings govern them.
 _CLIENT_LOGGER = logging.getLogger("durabletask.client")
 _WORKER_LOGGER = logging.getLogger("durabletask.worker")
+_ENGINE_LOGGER = logging.getLogger("cleanups.engine")
 
 
 class EngineMode(enum.StrEnum):
@@ -185,10 +194,21 @@ class EngineStartError(RuntimeError):
 
 
 class EmbeddedEngine(InMemoryOrchestrationBackend):
-    """The SDK's own gRPC backend, listening on loopback only (the SDK binds every interface)."""
+    """The SDK's own gRPC backend, fit to run schedules for real.
+
+    It listens on loopback only (the SDK binds every interface). It serves every durable timer
+    from one heap on one thread (the SDK sleeps a thread per timer). And it delivers a timer or an
+    activity result only to the live execution that asked for it: the SDK matches them by instance
+    id and task id, and task ids start again at 0 in every execution, so what a terminated,
+    replaced or continued-as-new execution left pending would complete the new one's task early.
+    """
 
     def __init__(self, port: int) -> None:
         super().__init__(port=port)
+        self._timers = _TimerHeap(self._fire_timer)
+        self._executions: dict[str, _Execution] = {}
+        # One sequence for every instance, so a purged and recreated instance never reuses one.
+        self._generation_sequence = itertools.count(1)
 
     def start(self) -> str:
         self._shutdown_event.clear()
@@ -213,7 +233,231 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
             raise EngineStartError(_port_in_use(address))
         self._server = server
         server.start()
+        self._timers.start()
         return address
+
+    def stop(self, grace: float | None = None) -> None:
+        super().stop(grace)
+        self._timers.stop()  # pending timers stay queued for a start() again; reset() drops them
+
+    def reset(self) -> None:
+        with self._lock:
+            super().reset()
+            self._executions.clear()
+            self._timers.clear()
+
+    @property
+    def pending_timers(self) -> int:
+        """How many durable timers wait to fire, stale ones included until they come due."""
+        return len(self._timers)
+
+    # Where an execution begins: every way the SDK creates an instance, and continue-as-new.
+    # Termination, completion and failure need no mark: nothing is delivered to a finished
+    # instance, and a failed one may still be rewound, which resumes the same execution.
+
+    def StartInstance(self, request: Any, context: Any) -> Any:
+        with self._lock:
+            response = super().StartInstance(request, context)
+            self._begin_execution(response.instanceId)
+        return response
+
+    def _create_instance_internal(
+        self,
+        instance_id: str,
+        name: str,
+        encoded_input: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        # Sub-orchestrations, RestartInstance and entity-started orchestrations come this way.
+        with self._lock:
+            super()._create_instance_internal(instance_id, name, encoded_input, version)
+            self._begin_execution(instance_id)
+
+    def _process_complete_orchestration_action(
+        self, instance: OrchestrationInstance, complete_action: Any
+    ) -> None:
+        super()._process_complete_orchestration_action(instance, complete_action)
+        if complete_action.orchestrationStatus == pb.ORCHESTRATION_STATUS_CONTINUED_AS_NEW:
+            self._begin_execution(instance.instance_id)
+            # The SDK carries over what arrived while the old execution's last step was in
+            # flight; a timer or result among it is the old execution's, never the new one's.
+            instance.pending_events[:] = [
+                event
+                for event in instance.pending_events
+                if event.WhichOneof("eventType") not in _TASK_RESULT_EVENTS
+            ]
+
+    def PurgeInstances(self, request: Any, context: Any) -> Any:
+        with self._lock:
+            response = super().PurgeInstances(request, context)
+            for instance_id in [i for i in self._executions if i not in self._instances]:
+                del self._executions[instance_id]
+        return response
+
+    def _begin_execution(self, instance_id: str) -> _Execution:
+        execution = _Execution(next(self._generation_sequence))
+        self._executions[instance_id] = execution
+        return execution
+
+    def _current_execution(self, instance_id: str) -> _Execution:
+        execution = self._executions.get(instance_id)
+        return execution if execution is not None else self._begin_execution(instance_id)
+
+    # Timers: one heap, one thread.
+
+    def _process_create_timer_action(
+        self, instance: OrchestrationInstance, action: pb.OrchestratorAction
+    ) -> None:
+        # Replaces the SDK's method (which starts a thread that sleeps, then fires the timer into
+        # whatever execution holds the instance id by then) rather than extending it.
+        fire_at = action.createTimer.fireAt.ToDatetime(tzinfo=UTC)
+        instance.history.append(dt_helpers.new_timer_created_event(action.id, fire_at))
+        if instance.status == pb.ORCHESTRATION_STATUS_PENDING:
+            instance.status = pb.ORCHESTRATION_STATUS_RUNNING
+        generation = self._current_execution(instance.instance_id).generation
+        self._timers.push(instance.instance_id, generation, action.id, fire_at)
+
+    def _fire_timer(
+        self, instance_id: str, generation: int, timer_id: int, fire_at: datetime
+    ) -> None:
+        with self._lock:
+            instance = self._instances.get(instance_id)
+            if instance is None or not self._is_live_execution(instance, generation):
+                _ENGINE_LOGGER.debug(
+                    "Dropped timer %s of %r: its execution has ended or been replaced.",
+                    timer_id,
+                    instance_id,
+                )
+                return
+            instance.pending_events.append(dt_helpers.new_timer_fired_event(timer_id, fire_at))
+            instance.last_updated_at = datetime.now(UTC)
+            self._enqueue_orchestration(instance_id)
+
+    def _is_live_execution(self, instance: OrchestrationInstance, generation: int) -> bool:
+        execution = self._executions.get(instance.instance_id)
+        return (
+            execution is not None
+            and execution.generation == generation
+            and not self._is_terminal_status(instance.status)
+        )
+
+    # Activities: a result counts only for the execution that scheduled the activity.
+
+    def _process_schedule_task_action(
+        self, instance: OrchestrationInstance, action: pb.OrchestratorAction
+    ) -> None:
+        super()._process_schedule_task_action(instance, action)
+        # The work item carries the instance's completion token of this step, and the SDK's
+        # worker sends it back with the result; tokens are never reused.
+        execution = self._current_execution(instance.instance_id)
+        execution.activity_tokens.add(str(instance.completion_token))
+
+    def CompleteActivityTask(self, request: Any, context: Any) -> Any:
+        with self._lock:
+            if self._is_stale_activity_result(request):
+                _ENGINE_LOGGER.debug(
+                    "Dropped the result of activity %s of %r: the execution that scheduled it "
+                    "has ended or been replaced.",
+                    request.taskId,
+                    request.instanceId,
+                )
+                return pb.CompleteTaskResponse()
+            return super().CompleteActivityTask(request, context)
+
+    def _is_stale_activity_result(self, request: Any) -> bool:
+        instance = self._instances.get(request.instanceId)
+        execution = self._executions.get(request.instanceId)
+        if instance is None or execution is None or not request.completionToken:
+            return False  # nothing to compare with: the SDK's own handling
+        if self._is_terminal_status(instance.status):
+            return True
+        return request.completionToken not in execution.activity_tokens
+
+
+_TASK_RESULT_EVENTS = frozenset({"timerFired", "taskCompleted", "taskFailed"})
+
+
+@dataclass(eq=False)
+class _Execution:
+    """One execution of an instance: from its start or continue-as-new to the next."""
+
+    generation: int
+    activity_tokens: set[str] = field(default_factory=set)
+
+
+class _TimerHeap:
+    """Durable timers in due order, fired by one thread that sleeps until the earliest is due."""
+
+    def __init__(self, fire: Callable[[str, int, int, datetime], None]) -> None:
+        self._fire = fire
+        # (due on the monotonic clock, sequence, instance id, generation, timer id, fire at)
+        self._heap: list[tuple[float, int, str, int, int, datetime]] = []
+        self._sequence = itertools.count()
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def __len__(self) -> int:
+        with self._condition:
+            return len(self._heap)
+
+    def push(self, instance_id: str, generation: int, timer_id: int, fire_at: datetime) -> None:
+        with self._condition:
+            self._push(instance_id, generation, timer_id, fire_at)
+
+    def _push(self, instance_id: str, generation: int, timer_id: int, fire_at: datetime) -> None:
+        delay = max(0.0, (fire_at - datetime.now(UTC)).total_seconds())
+        entry = (
+            time.monotonic() + delay,
+            next(self._sequence),
+            instance_id,
+            generation,
+            timer_id,
+            fire_at,
+        )
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
+            self._condition.notify_all()  # the thread sleeps for a later timer
+
+    def start(self) -> None:
+        with self._condition:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="embedded-engine-timers", daemon=True
+                )
+                self._thread.start()
+
+    def stop(self) -> None:
+        with self._condition:
+            thread, self._thread = self._thread, None
+            self._condition.notify_all()
+        if thread is not None:
+            thread.join()
+
+    def clear(self) -> None:
+        with self._condition:
+            self._heap.clear()
+
+    def _serve(self) -> None:
+        me = threading.current_thread()
+        while True:
+            with self._condition:
+                while self._thread is me and (
+                    not self._heap or self._heap[0][0] > time.monotonic()
+                ):
+                    self._condition.wait(
+                        self._heap[0][0] - time.monotonic() if self._heap else None
+                    )
+                if self._thread is not me:
+                    return
+                _, _, instance_id, generation, timer_id, fire_at = heapq.heappop(self._heap)
+                if datetime.now(UTC) < fire_at:
+                    # The wall clock was set back since the timer was pushed: never fire early.
+                    self._push(instance_id, generation, timer_id, fire_at)
+                    continue
+            try:
+                self._fire(instance_id, generation, timer_id, fire_at)
+            except Exception:
+                _ENGINE_LOGGER.exception("Could not fire timer %s of %r.", timer_id, instance_id)
 
 
 def _port_in_use(address: str) -> str:

@@ -28,16 +28,22 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
     run_at = input.get("run_at")
     trigger = input.get("trigger", "scheduled")
     triggered_by = ""
-    if run_at and _naive_utc(run_at) > ctx.current_utc_datetime:
+    run_now = None
+    # Never early: a timer that wakes before run_at (an engine that completed it with a stale
+    # one, a clock step) waits again for the remainder.
+    while run_at and _naive_utc(run_at) > ctx.current_utc_datetime:
         ctx.set_custom_status({"iteration": iteration, "state": "waiting", "next_run_at": run_at})
         timer = ctx.create_timer(_naive_utc(run_at))
-        run_now = ctx.wait_for_external_event(RUN_NOW_EVENT)
+        run_now = run_now or ctx.wait_for_external_event(RUN_NOW_EVENT)
         winner = yield task.when_any([timer, run_now])
         if winner is run_now:
             # An extra run right away; the schedule's own next run stays where it was.
             trigger, triggered_by = "manual", (run_now.get_result() or {}).get("by", "")
+            break
 
     ctx.set_custom_status({"iteration": iteration, "state": "running", "items_so_far": 0})
+    limit = input.get("max_run_seconds") or 0
+    deadline = ctx.current_utc_datetime + timedelta(seconds=limit) if limit else None
     step = {
         "schedule_id": schedule_id,
         "iteration": iteration,
@@ -46,16 +52,19 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
         "triggered_by": triggered_by,
         "planned_at": run_at,
         "max_retries": input.get("max_retries", 0),
+        "generation": input.get("generation"),
+        "deadline": _iso(deadline) if deadline else None,
     }
     retry = _retry_policy(input.get("max_retries", 0))
-    result = yield ctx.call_activity(activities.run_cleanup, input=step, retry_policy=retry)
+    result = yield from _run_part(ctx, step, retry, deadline)
     while result.get("more"):
         # A long cleanup resumes in parts; each part's progress shows in the custom status.
         ctx.set_custom_status(
             {"iteration": iteration, "state": "running", "items_so_far": result["items"]}
         )
-        step = {**step, "part": result["part"]}
-        result = yield ctx.call_activity(activities.run_cleanup, input=step, retry_policy=retry)
+        # The activity may have turned the run into a catch-up of a later iteration.
+        step = {**step, "part": result["part"], "iteration": result["iteration"]}
+        result = yield from _run_part(ctx, step, retry, deadline)
 
     if not result["continue"]:
         ctx.set_custom_status(
@@ -79,10 +88,32 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
             "run_at": result["next_run_at"],
             "trigger": result.get("next_trigger", "scheduled"),
             "max_retries": result.get("max_retries", 0),
+            "max_run_seconds": result.get("max_run_seconds", limit),
+            "generation": input.get("generation"),
         },
         save_events=True,
     )
     return None
+
+
+def _run_part(
+    ctx: task.OrchestrationContext,
+    step: dict[str, Any],
+    retry: task.RetryPolicy | None,
+    deadline: datetime | None,
+) -> Any:
+    """One activity call of the run, raced against the run's deadline: past it, the run is
+    recorded as timed out and the loop goes on (a late result of the abandoned call is ignored)."""
+    if deadline is not None and ctx.current_utc_datetime >= deadline:
+        return (yield ctx.call_activity(activities.time_out_run, input=step))
+    work = ctx.call_activity(activities.run_cleanup, input=step, retry_policy=retry)
+    if deadline is None:
+        return (yield work)
+    timeout = ctx.create_timer(deadline)
+    winner = yield task.when_any([work, timeout])
+    if winner is timeout:
+        return (yield ctx.call_activity(activities.time_out_run, input=step))
+    return work.get_result()
 
 
 def _retry_policy(max_retries: int) -> task.RetryPolicy | None:
@@ -105,6 +136,11 @@ def _sample_loop(ctx: task.OrchestrationContext, counter: Any) -> Any:
         ctx.continue_as_new(counter + 1)
         return None
     return f"Completed {counter} iterations"
+
+
+def _iso(moment: datetime) -> str:
+    """The orchestration clock's naive UTC as an ISO time with its offset, for activities."""
+    return moment.replace(tzinfo=UTC).isoformat()
 
 
 def _naive_utc(iso: str) -> datetime:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, connections
@@ -17,6 +17,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 from durabletask.client import OrchestrationState
 
+from cleanups.cadence import UncomputableRun
 from cleanups.control import (
     LIVE_STATUSES,
     EngineUnavailable,
@@ -31,16 +32,6 @@ from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
 logger = logging.getLogger("cleanups.reconciler")
 # Heartbeats of workers gone this long are forgotten (their runs count as dead either way).
 HEARTBEAT_KEPT = timedelta(days=1)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Reconciler:
@@ -82,10 +73,8 @@ class Reconciler:
         if worker == self.worker:
             return False
         beat = heartbeats.get(worker)
-        if beat is None or beat.last_seen < timezone.now() - self.stale_after:
-            return True
         # Same machine: no need to wait for the heartbeat to go stale.
-        return beat.hostname == self.hostname and not _pid_alive(beat.pid)
+        return beat is None or beat.seems_dead(self.stale_after)
 
     def interrupt_dead_runs(self) -> int:
         running = list(CleanupRun.objects.running().values_list("worker", flat=True).distinct())
@@ -127,12 +116,14 @@ class Reconciler:
                 continue
             why = "missing" if state is None else str(state.runtime_status).lower()
             try:
-                outcome = start_orchestration(schedule, fresh_start=False)
+                outcome = start_orchestration(schedule)
             except EngineUnavailable:
                 return
             logger.info(
                 "reconciler: schedule %s had %s orchestration: %s", schedule, why, outcome.message
             )
+
+        self.restart_stuck(states)
 
         wanted_alive = set(CleanupSchedule.objects.alive().values_list("instance_id", flat=True))
         for instance_id, state in states.items():
@@ -144,6 +135,57 @@ class Reconciler:
                     )
                 except Exception as error:  # keep reconciling the rest
                     logger.warning("reconciler: could not terminate %s: %s", instance_id, error)
+
+    def restart_stuck(self, states: dict[str, OrchestrationState]) -> int:
+        """The watchdog: a live orchestration whose current run was interrupted (its worker
+        died) and not redelivered within STUCK_RUN_GRACE_SECONDS waits for a result nobody will
+        send. It is restarted, its count going on, the next run planned after the lost one. (An
+        engine that redelivers takes the run up again first: it is then running, not here.)"""
+        grace = timedelta(seconds=settings.STUCK_RUN_GRACE_SECONDS)
+        stuck = CleanupRun.objects.filter(
+            status=CleanupRun.Status.INTERRUPTED,
+            finished_at__lt=timezone.now() - grace,
+            iteration=F("schedule__current_iteration"),
+            schedule__desired_state=CleanupSchedule.DesiredState.RUNNING,
+        ).select_related("schedule")
+        restarted = 0
+        for run in stuck:
+            schedule = run.schedule
+            state = states.get(schedule.instance_id)
+            # Live since before the run was lost, so waiting for it (not a newer orchestration).
+            if (
+                state is None
+                or state.runtime_status not in (Status.RUNNING, Status.PENDING)
+                or state.created_at.replace(tzinfo=UTC) > run.finished_at
+            ):
+                continue
+            try:
+                next_run_at = schedule.cadence_rule().next_after(run.started_at, run.finished_at)
+            except UncomputableRun:
+                next_run_at = timezone.now()
+            reason = (
+                f"Restarted: run {run.iteration} was interrupted (its worker stopped) and not "
+                f"redelivered within {grace.total_seconds():g} s."
+            )
+            CleanupSchedule.objects.filter(pk=schedule.pk).update(
+                next_run_at=next_run_at, status_reason=reason
+            )
+            schedule.refresh_from_db()
+            try:
+                client = get_client()
+                client.terminate_orchestration(
+                    schedule.instance_id, output="its run was lost", recursive=False
+                )
+                client.wait_for_orchestration_completion(
+                    schedule.instance_id, fetch_payloads=False, timeout=10
+                )
+                start_orchestration(schedule)
+            except Exception as error:  # the next pass tries again
+                logger.warning("reconciler: could not restart %s: %s", schedule, error)
+                continue
+            logger.warning("reconciler: schedule %s: %s", schedule, reason)
+            restarted += 1
+        return restarted
 
     def _due_for_recovery(self, schedule: CleanupSchedule, state: OrchestrationState) -> bool:
         """A failed orchestration (a bug, a lost activity: not a failed cleanup) is recorded

@@ -2,11 +2,11 @@
 
 from durabletask.worker import TaskHubGrpcWorker
 
-from cleanups.durable.activities import run_cleanup, sample_cleanup
+from cleanups.durable.activities import run_cleanup, sample_cleanup, time_out_run
 from cleanups.durable.orchestrations import periodic_cleanup
 
 ORCHESTRATORS = [periodic_cleanup]
-ACTIVITIES = [run_cleanup, sample_cleanup]
+ACTIVITIES = [run_cleanup, time_out_run, sample_cleanup]
 
 
 def register(worker: TaskHubGrpcWorker) -> TaskHubGrpcWorker:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django import template
+from django.utils import timezone
 
 from cleanups.formatting import seconds_label
 
@@ -15,3 +17,19 @@ register = template.Library()
 def duration_label(duration: timedelta | None) -> str:
     """A run's duration as people read it ('4 ms', '1.25 s'), or a dash when it has none."""
     return "–" if duration is None else seconds_label(duration.total_seconds())
+
+
+@register.filter
+def start_timing(run: Any) -> str:
+    """When a run started against its plan: "planned 12:00:00, started 12:00:00.041 (+41 ms)"
+    in the site's time zone; the start alone for a run with no plan (a manual one)."""
+    started = timezone.localtime(run.started_at)
+    if run.planned_at is None:
+        return started.strftime("%Y-%m-%d %H:%M:%S")
+    planned = timezone.localtime(run.planned_at)
+    late = (run.started_at - run.planned_at).total_seconds()
+    sign = "+" if late >= 0 else "-"
+    return (
+        f"planned {planned:%Y-%m-%d %H:%M:%S}, started {started:%H:%M:%S}."
+        f"{started.microsecond // 1000:03d} ({sign}{seconds_label(abs(late))})"
+    )

@@ -1,5 +1,8 @@
 """A custom cleanup task, registered the way a project's own app would register one."""
 
+import threading
+import time
+
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
@@ -64,3 +67,37 @@ def delete_sessions(ctx: CleanupContext) -> str:
 
     delete_in_batches(ctx, Session.objects.all())
     return "Deleted sessions."
+
+
+@cleanup_task(
+    "testapp_slow_deleter",
+    'Deletes one Event every {"pause": s} seconds until none is left or its time is up.',
+    deletes=["testapp.Event"],
+)
+def slow_deleter(ctx: CleanupContext) -> str:
+    while not ctx.out_of_time():
+        event = Event.objects.order_by("pk").first()
+        if event is None:
+            return "All gone."
+        with transaction.atomic():
+            event.delete()
+            ctx.deleted("testapp.Event", 1)
+        time.sleep(ctx.params.get("pause", 0.05))
+    return "Out of time."
+
+
+EXECUTING: dict[str, int] = {"now": 0, "most": 0}
+_EXECUTING_LOCK = threading.Lock()
+
+
+@cleanup_task("testapp_counts_overlap", 'Sleeps {"seconds": s}, counting overlapping executions.')
+def counts_overlap(ctx: CleanupContext) -> str:
+    with _EXECUTING_LOCK:
+        EXECUTING["now"] += 1
+        EXECUTING["most"] = max(EXECUTING["most"], EXECUTING["now"])
+    try:
+        time.sleep(ctx.params.get("seconds", 0.5))
+    finally:
+        with _EXECUTING_LOCK:
+            EXECUTING["now"] -= 1
+    return "Slept."

@@ -1,0 +1,305 @@
+"""Never early, a start is a start, nothing stuck, one execution at a time: on real engines, a
+real worker and runworker processes."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from durabletask.testing import InMemoryOrchestrationBackend
+
+from cleanups import control
+from cleanups.control import Outcome
+from cleanups.durable.activities import execute_iteration, worker_id
+from cleanups.durable.connection import build_worker, engine_config, get_client
+from cleanups.durable.reconciler import Reconciler
+from cleanups.durable.registration import register
+from cleanups.formatting import seconds_label
+from cleanups.models import CleanupRun, CleanupSchedule
+from tests.conftest import CountingEngine, is_live, runs_of, wait_for_clock, wait_until
+from tests.testapp import cleanup_tasks as testapp_tasks
+from tests.testapp.models import Event
+
+pytestmark = pytest.mark.django_db(transaction=True)
+READY = "Press Ctrl+C to stop"
+
+
+def waiting(durable_client, schedule) -> bool:
+    state = durable_client.get_orchestration_state(schedule.instance_id)
+    status = state.get_custom_status() if state else None
+    return bool(status) and status.get("state") == "waiting"
+
+
+def run_of(schedule, **lookups):
+    return CleanupRun.objects.filter(schedule=schedule, **lookups).order_by("iteration").first()
+
+
+# 1. Never early ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["embedded engine", "the SDK's own backend"])
+def any_engine(request, engine_port):
+    """Our engine, and the SDK's unpatched one, whose stale timers fire into new executions:
+    on it, only the orchestration's own defence keeps runs from starting early."""
+    kind = InMemoryOrchestrationBackend if "SDK" in request.param else CountingEngine
+    backend = kind(port=engine_port)
+    backend.start()
+    dt_worker = register(build_worker(engine_config()))
+    dt_worker.start()
+    yield backend
+    dt_worker.stop()
+    backend.stop(grace=0.5)
+
+
+def test_a_restart_never_brings_the_next_run_forward(any_engine, make_schedule):
+    # The issue's case, shortened: fixed delay, restarted soon after its first run. The first
+    # execution's timer (due first.finished_at + 4 s) must not start the run after the restart.
+    durable_client = get_client()
+    interval = timedelta(seconds=4)
+    schedule = make_schedule(interval=interval)
+    schedule.start()
+    first = wait_until(lambda: run_of(schedule, status="succeeded"))
+    wait_until(lambda: waiting(durable_client, schedule))
+
+    assert control.restart_schedule(schedule).outcome is Outcome.STARTED
+    restarted = wait_until(lambda: run_of(schedule, trigger="restart", status="succeeded"))
+    following = wait_until(
+        lambda: run_of(schedule, iteration=restarted.iteration + 1), timeout=first_timeout(interval)
+    )
+
+    assert restarted.iteration == first.iteration + 1
+    assert following.started_at >= restarted.finished_at + interval
+    assert following.planned_at <= following.started_at
+    assert CleanupRun.objects.filter(schedule=schedule).count() == 3
+
+
+def first_timeout(interval: timedelta) -> float:
+    return interval.total_seconds() * 3 + 10
+
+
+def test_each_run_records_its_plan_and_the_run_page_shows_its_lateness(
+    worker, durable_client, make_schedule, admin_client
+):
+    schedule = make_schedule(cadence="fixed_rate", interval=timedelta(seconds=1))
+    schedule.start()
+    wait_until(lambda: len(runs_of(schedule)) >= 3)
+    assert control.run_now(schedule, "alice").outcome is Outcome.RUN_REQUESTED
+    manual = wait_until(lambda: run_of(schedule, trigger="manual"))
+
+    scheduled = [run for run in runs_of(schedule) if run.trigger == "scheduled"]
+    assert len(scheduled) >= 3
+    for run in scheduled:
+        assert run.planned_at is not None
+        assert run.planned_at <= run.started_at  # never early
+    grid = [(run.planned_at - scheduled[0].planned_at).total_seconds() for run in scheduled]
+    assert grid[:3] == [0.0, 1.0, 2.0]  # on the fixed-rate grid
+    assert manual.planned_at is None
+
+    run = scheduled[1]
+    html = admin_client.get(reverse("cleanups:run_detail", args=[run.pk])).content.decode()
+    late = seconds_label((run.started_at - run.planned_at).total_seconds())
+    assert f"planned {run.planned_at:%Y-%m-%d %H:%M:%S}, started {run.started_at:%H:%M:%S}." in html
+    assert f"(+{late})" in html
+
+
+# 2. A start is a start -----------------------------------------------------------------------
+
+
+class ReconcilerFirstEngine(CountingEngine):
+    """The embedded engine, where a reconciler pass reaches the engine between an operator's
+    start writing its desired state and its own StartInstance call: the issue's race, made
+    to happen every time."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.reconciler = Reconciler(worker=worker_id(), interval=0.5)
+        self.raced = False
+        self.reconciler_was_first = False
+
+    def StartInstance(self, request, context):
+        if not self.raced:  # the operator's call: the reconciler's own comes in meanwhile
+            self.raced = True
+            self.reconciler.reconcile()
+            self.reconciler_was_first = request.instanceId in self._instances
+        return super().StartInstance(request, context)
+
+
+@pytest.fixture
+def racing_engine(engine_port):
+    backend = ReconcilerFirstEngine(engine_port)
+    backend.start()
+    dt_worker = register(build_worker(engine_config()))
+    dt_worker.start()
+    yield backend
+    dt_worker.stop()
+    backend.stop(grace=0.5)
+
+
+def test_a_start_that_the_reconciler_reaches_the_engine_with_first_is_still_a_fresh_start(
+    racing_engine, make_schedule
+):
+    schedule = make_schedule(cadence="fixed_rate", interval=timedelta(minutes=5))
+    # It ran before (iterations 1-6), and its old plan is far off: a non-fresh start would
+    # keep the old grid and wait for that plan.
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(
+        current_iteration=6, next_run_at="2999-01-01T00:00:00Z", anchor_at="2020-01-01T00:00:00Z"
+    )
+    schedule.refresh_from_db()
+
+    outcome = control.start_schedule(schedule)
+
+    assert racing_engine.reconciler_was_first
+    assert outcome.outcome is Outcome.STARTED, outcome.message
+    first = wait_until(lambda: run_of(schedule, status="succeeded"))
+    schedule.refresh_from_db()
+    assert first.iteration == 7
+    assert schedule.start_iteration == 7
+    assert first.planned_at == schedule.anchor_at  # the new grid starts at the start
+    assert first.started_at - schedule.anchor_at < timedelta(seconds=5)
+    assert is_live(get_client(), schedule)
+
+
+def test_starts_racing_a_reconciler_always_apply_the_operators_start(
+    worker, durable_client, make_schedule
+):
+    reconciler = Reconciler(worker=worker_id(), interval=0.05)  # the in-process worker's
+    stop = threading.Event()
+
+    def reconcile_all_the_time():
+        while not stop.is_set():
+            reconciler.tick()
+
+    schedules = [make_schedule(interval=timedelta(minutes=5)) for _ in range(20)]
+    thread = threading.Thread(target=reconcile_all_the_time)
+    thread.start()
+    try:
+        outcomes = [control.start_schedule(schedule) for schedule in schedules]
+    finally:
+        stop.set()
+        thread.join()
+
+    assert [o.outcome for o in outcomes] == [Outcome.STARTED] * 20
+    for schedule in schedules:
+        first = wait_until(lambda schedule=schedule: run_of(schedule, status="succeeded"))
+        schedule.refresh_from_db()
+        assert (first.iteration, schedule.start_iteration) == (1, 1)
+        assert first.planned_at == schedule.anchor_at
+
+
+def test_an_orchestration_of_an_older_generation_never_runs(make_schedule):
+    schedule = make_schedule()
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="running", generation=3)
+
+    result = execute_iteration(schedule.pk, 1, generation=2)
+
+    assert result["continue"] is False
+    assert result["reason"] == "superseded by a newer start"
+    assert runs_of(schedule) == []
+
+
+# 3. Nothing stuck ----------------------------------------------------------------------------
+
+
+def test_a_run_past_its_limit_is_timed_out_keeps_its_counts_and_the_schedule_goes_on(
+    worker, make_schedule, settings
+):
+    settings.CLEANUP_PART_SECONDS = 0.3  # long runs in short parts: the limit spans them
+    Event.objects.bulk_create(Event(created_at="2020-01-01T00:00:00Z") for _ in range(200))
+    schedule = make_schedule(
+        task="testapp_slow_deleter",
+        params={"pause": 0.02},
+        interval=timedelta(seconds=1),
+        max_run_seconds=1,
+    )
+    schedule.start()
+
+    timed_out = wait_until(lambda: run_of(schedule, status="timed_out"))
+    assert 0 < timed_out.items_deleted < 200  # what it did delete is on the record
+    assert "longer than its limit of 1 s" in timed_out.error
+    assert timedelta(seconds=0.9) <= timed_out.duration < timedelta(seconds=5)
+    wait_until(lambda: run_of(schedule, iteration=timed_out.iteration + 1))  # goes on
+
+
+def test_the_late_result_of_an_abandoned_run_changes_nothing(worker, make_schedule):
+    schedule = make_schedule(
+        task="sample", params={"seconds": 2}, interval=timedelta(seconds=30), max_run_seconds=1
+    )
+    schedule.start()
+
+    timed_out = wait_until(lambda: run_of(schedule, status="timed_out"))
+    # The abandoned call sleeps on, and finishes 2 s after it began.
+    wait_for_clock(timed_out.started_at + timedelta(seconds=3))
+    wait_until(lambda: not CleanupRun.objects.filter(schedule=schedule, status="running"))
+    timed_out.refresh_from_db()
+    assert timed_out.status == "timed_out"
+    assert timed_out.message == ""
+    schedule.refresh_from_db()
+    assert schedule.next_run_at is not None
+
+
+def test_no_limit_when_the_site_default_is_zero(worker, make_schedule, settings):
+    settings.CLEANUP_MAX_RUN_SECONDS = 0
+    schedule = make_schedule(params={"seconds": 0.2}, max_iterations=1)
+    schedule.start()
+    run = wait_until(lambda: run_of(schedule, status="succeeded"))
+    assert run.duration >= timedelta(seconds=0.2)
+
+
+@pytest.mark.subprocess
+def test_a_schedule_whose_worker_died_mid_run_runs_again(
+    engine, engine_port, durable_client, make_schedule, start_worker_process
+):
+    # Both workers reach the engine hosted here, as they would the emulator or Azure: killing
+    # one loses its run, not the engine's orchestrations.
+    env = {
+        "ENDPOINT": f"http://127.0.0.1:{engine_port}",
+        "STUCK_RUN_GRACE_SECONDS": "1",
+        "RECONCILE_INTERVAL": "0.3",
+    }
+    doomed = start_worker_process(env=env)
+    doomed.wait_for_output(READY)
+    schedule = make_schedule(params={"seconds": 30}, interval=timedelta(seconds=1))
+    schedule.start()
+    wait_until(lambda: run_of(schedule, status="running"))
+    doomed.stop(signal.SIGKILL)
+
+    survivor = start_worker_process(env=env)
+    survivor.wait_for_output(READY)
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(params={"seconds": 0})
+    after = wait_until(lambda: run_of(schedule, iteration__gt=1, status="succeeded"), timeout=30)
+
+    lost = run_of(schedule, iteration=1)
+    assert lost.status == "interrupted"
+    assert after.iteration == 2
+    schedule.refresh_from_db()
+    assert "Restarted: run 1 was interrupted" in schedule.status_reason
+    assert is_live(durable_client, schedule)
+
+
+# 4. One iteration, one execution at a time ---------------------------------------------------
+
+
+def test_a_second_delivery_waits_for_the_first_and_does_not_run_it_again(make_schedule):
+    testapp_tasks.EXECUTING.update(now=0, most=0)
+    schedule = make_schedule(task="testapp_counts_overlap", params={"seconds": 1})
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="running")
+    results = []
+
+    def deliver():
+        results.append(execute_iteration(schedule.pk, 1))
+
+    first = threading.Thread(target=deliver)
+    first.start()
+    wait_until(lambda: run_of(schedule, status="running"))
+    second = threading.Thread(target=deliver)
+    second.start()
+    first.join()
+    second.join()
+
+    assert testapp_tasks.EXECUTING["most"] == 1
+    (run,) = runs_of(schedule)
+    assert run.attempts == 1 and run.status == "succeeded"
+    assert results[0] == results[1]
