@@ -105,6 +105,23 @@ def test_each_run_records_its_plan_and_the_run_page_shows_its_lateness(
     assert f"(+{late})" in html
 
 
+def test_a_run_now_that_comes_in_with_the_timer_is_not_lost(worker, durable_client, make_schedule):
+    schedule = make_schedule(interval=timedelta(seconds=1))
+    schedule.start()
+    wait_until(lambda: run_of(schedule, status="succeeded") and waiting(durable_client, schedule))
+    # Suspended, the orchestration holds what arrives: its timer firing, then the request. On
+    # resuming it sees both at once, and the timer wins the race.
+    durable_client.suspend_orchestration(schedule.instance_id)
+    schedule.refresh_from_db()
+    wait_for_clock(schedule.next_run_at + timedelta(seconds=0.5))
+    assert control.run_now(schedule, "bob").outcome is Outcome.RUN_REQUESTED
+    durable_client.resume_orchestration(schedule.instance_id)
+
+    manual = wait_until(lambda: run_of(schedule, trigger="manual"))
+    assert manual.triggered_by == "bob"
+    assert manual.planned_at is None
+
+
 # 2. A start is a start -----------------------------------------------------------------------
 
 

@@ -29,9 +29,12 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
     trigger = input.get("trigger", "scheduled")
     triggered_by = ""
     run_now = None
+    if input.get("run_now") is not None:
+        # Asked for when the previous run was due at the same instant: run it first, now.
+        trigger, triggered_by = "manual", input["run_now"].get("by", "")
     # Never early: a timer that wakes before run_at (an engine that completed it with a stale
     # one, a clock step) waits again for the remainder.
-    while run_at and _naive_utc(run_at) > ctx.current_utc_datetime:
+    while trigger != "manual" and run_at and _naive_utc(run_at) > ctx.current_utc_datetime:
         ctx.set_custom_status({"iteration": iteration, "state": "waiting", "next_run_at": run_at})
         timer = ctx.create_timer(_naive_utc(run_at))
         run_now = run_now or ctx.wait_for_external_event(RUN_NOW_EVENT)
@@ -80,7 +83,10 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
             "next_run_at": result["next_run_at"],
         }
     )
-    # save_events: a "run now" that arrived during this run is kept for the next generation.
+    # A "run now" that came in with the timer, or during the run, completed the waiter this loop
+    # no longer looks at: the next loop runs it first. (One that comes later is carried by the
+    # engine: save_events.)
+    asked = run_now is not None and run_now.is_complete and trigger != "manual"
     ctx.continue_as_new(
         {
             "schedule_id": schedule_id,
@@ -90,6 +96,7 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
             "max_retries": result.get("max_retries", 0),
             "max_run_seconds": result.get("max_run_seconds", limit),
             "generation": input.get("generation"),
+            "run_now": (run_now.get_result() or {}) if asked else None,
         },
         save_events=True,
     )
