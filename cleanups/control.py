@@ -39,7 +39,12 @@ _REPLACE_FINISHED = pb.OrchestrationIdReusePolicy(
         pb.ORCHESTRATION_STATUS_TERMINATED,
     ]
 )
-_UNREACHABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# CANCELLED: the engine's server shutting down under a call (a runworker stopping).
+_UNREACHABLE_CODES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+}
 
 
 class EngineUnavailable(Exception):
@@ -83,6 +88,8 @@ def start_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     written with the desired state in one UPDATE before the engine call, so a reconciler pass
     that reaches the engine first starts exactly this start, and it is reported as STARTED.
     """
+    if schedule.desired_state == CleanupSchedule.DesiredState.PAUSED:
+        return resume_schedule(schedule)  # its orchestration keeps its place
     if refused := _refuse_if_it_cannot_run(schedule):
         return refused
     try:
@@ -273,9 +280,11 @@ def resume_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     try:
         with engine_call():
             client, state = _engine_state(schedule)
-            if state is not None and state.runtime_status == Status.SUSPENDED:
+            if state is not None and state.runtime_status in LIVE_STATUSES:
+                # Even if it does not look suspended yet: a pause sent a moment ago may still
+                # be on its way, and would take effect after this resume otherwise.
                 client.resume_orchestration(schedule.instance_id, reason="resumed by operator")
-            elif state is None or state.runtime_status not in LIVE_STATUSES:
+            else:
                 # Paused by its failure streak (the loop ended) or lost: start it again.
                 start_orchestration(schedule)
     except EngineUnavailable:

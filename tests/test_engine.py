@@ -43,6 +43,7 @@ REPLACE_TERMINATED = pb.OrchestrationIdReusePolicy(
         ("StartInstance", ["self", "request", "context"]),
         ("PurgeInstances", ["self", "request", "context"]),
         ("CompleteActivityTask", ["self", "request", "context"]),
+        ("CompleteOrchestratorTask", ["self", "request", "context"]),
         ("_create_instance_internal", ["self", "instance_id", "name", "encoded_input", "version"]),
         ("_process_complete_orchestration_action", ["self", "instance", "complete_action"]),
         ("_process_schedule_task_action", ["self", "instance", "action"]),

@@ -217,6 +217,55 @@ def test_an_orchestration_of_an_older_generation_never_runs(make_schedule):
     assert runs_of(schedule) == []
 
 
+def test_a_restart_while_a_run_executes_waits_for_it(worker, make_schedule):
+    schedule = make_schedule(params={"seconds": 1.5}, interval=timedelta(minutes=5))
+    schedule.start()
+    old = wait_until(lambda: run_of(schedule, status="running"))
+
+    assert control.restart_schedule(schedule).outcome is Outcome.STARTED
+    new = wait_until(lambda: run_of(schedule, trigger="restart", status="succeeded"))
+
+    old.refresh_from_db()
+    assert old.status == "succeeded"
+    assert new.started_at >= old.finished_at  # one run of a schedule at a time
+
+
+def test_starting_a_paused_schedule_resumes_it(worker, durable_client, make_schedule):
+    schedule = make_schedule(interval=timedelta(seconds=1))
+    schedule.start()
+    wait_until(lambda: run_of(schedule, status="succeeded"))
+    assert control.pause_schedule(schedule).outcome is Outcome.PAUSED
+
+    assert control.start_schedule(schedule).outcome is Outcome.RESUMED
+    count = len(runs_of(schedule))
+    wait_until(lambda: len(runs_of(schedule)) > count)
+    assert durable_client.get_orchestration_state(schedule.instance_id).runtime_status.name != (
+        "SUSPENDED"
+    )
+
+
+def test_the_reconciler_resumes_a_running_schedule_the_engine_left_suspended(
+    worker, durable_client, make_schedule
+):
+    # The SDK's in-memory engine drops a resume that arrives during a step: paused, then
+    # resumed at once, the orchestration stayed suspended forever.
+    schedule = make_schedule(interval=timedelta(seconds=1))
+    schedule.start()
+    wait_until(lambda: run_of(schedule, status="succeeded"))
+    durable_client.suspend_orchestration(schedule.instance_id)
+    wait_until(
+        lambda: (
+            durable_client.get_orchestration_state(schedule.instance_id).runtime_status.name
+            == "SUSPENDED"
+        )
+    )
+    count = len(runs_of(schedule))
+
+    Reconciler(worker=worker_id(), interval=0.5).tick()
+
+    wait_until(lambda: len(runs_of(schedule)) > count)
+
+
 # 3. Nothing stuck ----------------------------------------------------------------------------
 
 

@@ -126,6 +126,8 @@ def execute_iteration(
         )
         return _stop(iteration, "end_at reached")
 
+    if part == 0:
+        _wait_for_the_run_before(schedule, iteration)
     if part == 0 and trigger == Trigger.SCHEDULED and planned_at:
         plan = _handle_missed_slots(schedule, iteration, datetime.fromisoformat(planned_at))
         if plan is not None:
@@ -424,6 +426,20 @@ def record_timeout(schedule_id: int, iteration: int, planned_at: str | None) -> 
         limit,
     )
     return _plan_next(schedule_id, run.iteration, run, planned_at)
+
+
+def _wait_for_the_run_before(schedule: CleanupSchedule, iteration: int) -> None:
+    """One run of a schedule at a time: a run that an earlier orchestration started (one
+    restarted, or terminated and started again, while it ran) and that still executes on a live
+    worker finishes first. Bounded by the schedule's run limit."""
+    others = CleanupRun.objects.running().filter(schedule=schedule, finished_at=None)
+    others = others.exclude(iteration=iteration)
+    give_up = time.monotonic() + (schedule.run_limit or 3600)
+    while time.monotonic() < give_up:
+        run = others.first()
+        if run is None or not _alive(run.worker):
+            return
+        time.sleep(0.2)
 
 
 def _after_other_delivery(

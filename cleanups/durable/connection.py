@@ -364,6 +364,20 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
                 return pb.CompleteTaskResponse()
             return super().CompleteActivityTask(request, context)
 
+    def CompleteOrchestratorTask(self, request: Any, context: Any) -> Any:
+        response = super().CompleteOrchestratorTask(request, context)
+        # The SDK leaves an instance whose step ended suspended off the queue, even when a
+        # resume arrived during that step: it would stay suspended for ever.
+        with self._lock:
+            instance = self._instances.get(request.instanceId)
+            if (
+                instance is not None
+                and instance.status == pb.ORCHESTRATION_STATUS_SUSPENDED
+                and any(e.HasField("executionResumed") for e in instance.pending_events)
+            ):
+                self._enqueue_orchestration(request.instanceId)
+        return response
+
     def _is_stale_activity_result(self, request: Any) -> bool:
         instance = self._instances.get(request.instanceId)
         execution = self._executions.get(request.instanceId)

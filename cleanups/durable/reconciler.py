@@ -17,7 +17,6 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 from durabletask.client import OrchestrationState
 
-from cleanups.cadence import UncomputableRun
 from cleanups.control import (
     LIVE_STATUSES,
     EngineUnavailable,
@@ -98,10 +97,13 @@ class Reconciler:
             logger.info("reconciler: engine reachable again")
         self._engine_was_down = False
 
-        for schedule in CleanupSchedule.objects.should_run():
+        for schedule in CleanupSchedule.objects.alive():
             state = states.get(schedule.instance_id)
             if state is not None and state.runtime_status in LIVE_STATUSES:
+                self._agree_on_suspension(schedule, state)
                 continue
+            if schedule.desired_state != CleanupSchedule.DesiredState.RUNNING:
+                continue  # paused with no orchestration: resuming starts one
             # Read again just before acting: an operator may have stopped it meanwhile.
             if not CleanupSchedule.objects.should_run().filter(pk=schedule.pk).exists():
                 continue
@@ -115,6 +117,8 @@ class Reconciler:
             if failed and not self._due_for_recovery(schedule, state):
                 continue
             why = "missing" if state is None else str(state.runtime_status).lower()
+            if not self._ready_to_restart(schedule):
+                continue
             try:
                 outcome = start_orchestration(schedule)
             except EngineUnavailable:
@@ -136,41 +140,90 @@ class Reconciler:
                 except Exception as error:  # keep reconciling the rest
                     logger.warning("reconciler: could not terminate %s: %s", instance_id, error)
 
+    def _agree_on_suspension(self, schedule: CleanupSchedule, state: OrchestrationState) -> None:
+        """Paused means suspended and running means not: an engine can lose a suspend or a
+        resume (the SDK's in-memory one drops a resume that comes during a step)."""
+        paused = schedule.desired_state == CleanupSchedule.DesiredState.PAUSED
+        suspended = state.runtime_status == Status.SUSPENDED
+        if paused == suspended:
+            return
+        # Read again just before acting: an operator may have changed it meanwhile.
+        if not CleanupSchedule.objects.filter(
+            pk=schedule.pk, desired_state=schedule.desired_state
+        ).exists():
+            return
+        try:
+            client = get_client()
+            if paused:
+                client.suspend_orchestration(schedule.instance_id, reason="schedule paused")
+            else:
+                client.resume_orchestration(schedule.instance_id, reason="schedule running")
+        except Exception as error:  # the next pass tries again
+            logger.warning(
+                "reconciler: could not %s %s: %s",
+                "suspend" if paused else "resume",
+                schedule,
+                error,
+            )
+            return
+        logger.info("reconciler: %s %s", "suspended" if paused else "resumed", schedule)
+
+    def _ready_to_restart(self, schedule: CleanupSchedule) -> bool:
+        """Before a new orchestration: a run still executing on a live worker finishes first
+        (and plans the next run); runs nobody executes any more (between parts, waiting for a
+        retry that their lost orchestration would have sent) are interrupted. (The plan of an
+        interrupted run stays: past, so the missed-run policy runs it again at once.)"""
+        running, on_live_workers = self._running_runs(schedule)
+        if any(run.finished_at is None for run in on_live_workers):
+            return False
+        if running:
+            mark_interrupted(
+                CleanupRun.objects.filter(pk__in=[r.pk for r in running]),
+                "Its orchestration was lost (engine restarted) before the run finished.",
+            )
+        return True
+
+    def _running_runs(self, schedule: CleanupSchedule) -> tuple[list[CleanupRun], list[CleanupRun]]:
+        """The schedule's runs marked running, and those of them on a live worker."""
+        running = list(CleanupRun.objects.running().filter(schedule=schedule))
+        heartbeats = {
+            b.worker: b
+            for b in WorkerHeartbeat.objects.filter(worker__in=[r.worker for r in running])
+        }
+        return running, [r for r in running if not self._worker_is_dead(r.worker, heartbeats)]
+
     def restart_stuck(self, states: dict[str, OrchestrationState]) -> int:
-        """The watchdog: a live orchestration whose current run was interrupted (its worker
-        died) and not redelivered within STUCK_RUN_GRACE_SECONDS waits for a result nobody will
-        send. It is restarted, its count going on, the next run planned after the lost one. (An
-        engine that redelivers takes the run up again first: it is then running, not here.)"""
+        """The watchdog: a live orchestration that is overdue by STUCK_RUN_GRACE_SECONDS, that
+        the engine has not touched for as long, and whose schedule has no run executing on a
+        live worker, waits for something nobody will send (its run's worker died, a step was
+        lost with a worker). It is restarted, its count going on, and its overdue run follows
+        the missed-run policy. (An engine that redelivers does so first.)"""
         grace = timedelta(seconds=settings.STUCK_RUN_GRACE_SECONDS)
-        stuck = CleanupRun.objects.filter(
-            status=CleanupRun.Status.INTERRUPTED,
-            finished_at__lt=timezone.now() - grace,
-            iteration=F("schedule__current_iteration"),
-            schedule__desired_state=CleanupSchedule.DesiredState.RUNNING,
-        ).select_related("schedule")
+        cutoff = timezone.now() - grace
+        overdue = CleanupSchedule.objects.should_run().filter(next_run_at__lt=cutoff)
         restarted = 0
-        for run in stuck:
-            schedule = run.schedule
+        for schedule in overdue:
             state = states.get(schedule.instance_id)
-            # Live since before the run was lost, so waiting for it (not a newer orchestration).
             if (
                 state is None
                 or state.runtime_status not in (Status.RUNNING, Status.PENDING)
-                or state.created_at.replace(tzinfo=UTC) > run.finished_at
+                or state.last_updated_at.replace(tzinfo=UTC) > cutoff
             ):
                 continue
-            try:
-                next_run_at = schedule.cadence_rule().next_after(run.started_at, run.finished_at)
-            except UncomputableRun:
-                next_run_at = timezone.now()
-            reason = (
-                f"Restarted: run {run.iteration} was interrupted (its worker stopped) and not "
-                f"redelivered within {grace.total_seconds():g} s."
-            )
-            CleanupSchedule.objects.filter(pk=schedule.pk).update(
-                next_run_at=next_run_at, status_reason=reason
-            )
-            schedule.refresh_from_db()
+            if self._running_runs(schedule)[1]:
+                continue  # executing, between parts or waiting for a retry: not stuck
+            newest = _newest_run(schedule)
+            if newest is not None and newest.status == CleanupRun.Status.INTERRUPTED:
+                reason = (
+                    f"Restarted: run {newest.iteration} was interrupted (its worker stopped) and "
+                    f"not redelivered within {grace.total_seconds():g} s."
+                )
+            else:
+                reason = (
+                    f"Restarted: its orchestration made no progress for {grace.total_seconds():g} "
+                    "s past the planned run (a step lost with a worker)."
+                )
+            CleanupSchedule.objects.filter(pk=schedule.pk).update(status_reason=reason)
             try:
                 client = get_client()
                 client.terminate_orchestration(
@@ -216,13 +269,16 @@ class Reconciler:
             connections.close_all()
 
 
-def mark_interrupted(runs: QuerySet[CleanupRun]) -> int:
+def _newest_run(schedule: CleanupSchedule) -> CleanupRun | None:
+    return schedule.runs.exclude(status=CleanupRun.Status.SKIPPED).order_by("-iteration").first()
+
+
+def mark_interrupted(
+    runs: QuerySet[CleanupRun],
+    error: str = "The worker running this iteration stopped before it finished.",
+) -> int:
     now = timezone.now()
-    count = runs.update(
-        status=CleanupRun.Status.INTERRUPTED,
-        finished_at=now,
-        error="The worker running this iteration stopped before it finished.",
-    )
+    count = runs.update(status=CleanupRun.Status.INTERRUPTED, finished_at=now, error=error)
     if count:
         logger.warning("reconciler: marked %d run(s) of dead workers interrupted", count)
     return count
