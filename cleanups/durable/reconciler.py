@@ -181,7 +181,20 @@ class Reconciler:
                 CleanupRun.objects.filter(pk__in=[r.pk for r in running]),
                 "Its orchestration was lost (engine restarted) before the run finished.",
             )
-        return True
+        # A run records its outcome, then plans the next run: between the two, the plan on the
+        # row is that run's own. Wait for the new plan (a few seconds at most).
+        schedule.refresh_from_db()
+        newest = _newest_run(schedule)
+        planning = (
+            newest is not None
+            and newest.status != CleanupRun.Status.INTERRUPTED
+            and newest.planned_at is not None
+            and schedule.next_run_at is not None
+            and schedule.next_run_at <= newest.planned_at
+            and newest.finished_at is not None
+            and newest.finished_at > timezone.now() - timedelta(seconds=10)
+        )
+        return not planning
 
     def _running_runs(self, schedule: CleanupSchedule) -> tuple[list[CleanupRun], list[CleanupRun]]:
         """The schedule's runs marked running, and those of them on a live worker."""
