@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -156,6 +157,24 @@ def make_schedule(db: None, django_user_model: Any) -> Callable[..., CleanupSche
         return CleanupSchedule.objects.create(**fields)
 
     return make
+
+
+def form_data(**overrides: str) -> dict[str, str]:
+    """What the admin's add form posts for a valid schedule, with some fields changed."""
+    data = {
+        "name": "nightly",
+        "task": "sample",
+        "params": json.dumps({"seconds": 0}),
+        "interval": "00:00:05",
+        "max_iterations": "",
+        "cadence": "fixed_delay",
+        "timezone": "UTC",
+        "missed_runs": "run_once",
+        "max_retries": "0",
+        "pause_after_failures": "0",
+    }
+    data.update(overrides)
+    return data
 
 
 def database_url() -> str:

@@ -16,7 +16,7 @@ from django.utils import timezone
 from durabletask import client as dt_client
 
 from cleanups.models import CleanupRun, CleanupSchedule
-from tests.conftest import is_live, runs_of, wait_until
+from tests.conftest import form_data, is_live, runs_of, wait_until
 
 RUNNING = dt_client.OrchestrationStatus.RUNNING
 TERMINATED = dt_client.OrchestrationStatus.TERMINATED
@@ -386,23 +386,6 @@ def test_action_with_engine_unreachable_warns_once_about_runtime_status(
 
 
 # --- the schedule form --------------------------------------------------------------------
-
-
-def form_data(**overrides: str) -> dict[str, str]:
-    data = {
-        "name": "nightly",
-        "task": "sample",
-        "params": json.dumps({"seconds": 0}),
-        "interval": "00:00:05",
-        "max_iterations": "",
-        "cadence": "fixed_delay",
-        "timezone": "UTC",
-        "missed_runs": "run_once",
-        "max_retries": "0",
-        "pause_after_failures": "0",
-    }
-    data.update(overrides)
-    return data
 
 
 def add_form_errors(admin_client, **overrides: str) -> dict[str, list[str]]:

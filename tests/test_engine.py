@@ -43,6 +43,8 @@ REPLACE_TERMINATED = pb.OrchestrationIdReusePolicy(
         ("StartInstance", ["self", "request", "context"]),
         ("PurgeInstances", ["self", "request", "context"]),
         ("CompleteActivityTask", ["self", "request", "context"]),
+        ("GetWorkItems", ["self", "request", "context"]),
+        ("AbandonTaskOrchestratorWorkItem", ["self", "request", "context"]),
         ("CompleteOrchestratorTask", ["self", "request", "context"]),
         ("_create_instance_internal", ["self", "instance_id", "name", "encoded_input", "version"]),
         ("_process_complete_orchestration_action", ["self", "instance", "complete_action"]),

@@ -45,7 +45,11 @@ def any_engine(request, engine_port):
     """Our engine, and the SDK's unpatched one, whose stale timers fire into new executions:
     on it, only the orchestration's own defence keeps runs from starting early."""
     kind = InMemoryOrchestrationBackend if "SDK" in request.param else CountingEngine
-    backend = kind(port=engine_port)
+    yield from serving(kind(port=engine_port))
+
+
+def serving(backend):
+    """The engine started, with a real worker of every orchestrator and activity on it."""
     backend.start()
     dt_worker = register(build_worker(engine_config()))
     dt_worker.start()
@@ -146,13 +150,7 @@ class ReconcilerFirstEngine(CountingEngine):
 
 @pytest.fixture
 def racing_engine(engine_port):
-    backend = ReconcilerFirstEngine(engine_port)
-    backend.start()
-    dt_worker = register(build_worker(engine_config()))
-    dt_worker.start()
-    yield backend
-    dt_worker.stop()
-    backend.stop(grace=0.5)
+    yield from serving(ReconcilerFirstEngine(engine_port))
 
 
 def test_a_start_that_the_reconciler_reaches_the_engine_with_first_is_still_a_fresh_start(
@@ -314,12 +312,9 @@ def test_no_limit_when_the_site_default_is_zero(worker, make_schedule, settings)
     assert run.duration >= timedelta(seconds=0.2)
 
 
-@pytest.mark.subprocess
-def test_a_schedule_whose_worker_died_mid_run_runs_again(
-    engine, engine_port, durable_client, make_schedule, start_worker_process
-):
-    # Both workers reach the engine hosted here, as they would the emulator or Azure: killing
-    # one loses its run, not the engine's orchestrations.
+def kill_a_worker_mid_run(engine_port, make_schedule, start_worker_process):
+    """Two runworker processes reach the engine hosted here, as they would the emulator or
+    Azure: one is killed while it runs the schedule's first run; the other starts after."""
     env = {
         "ENDPOINT": f"http://127.0.0.1:{engine_port}",
         "STUCK_RUN_GRACE_SECONDS": "1",
@@ -331,18 +326,52 @@ def test_a_schedule_whose_worker_died_mid_run_runs_again(
     schedule.start()
     wait_until(lambda: run_of(schedule, status="running"))
     doomed.stop(signal.SIGKILL)
-
-    survivor = start_worker_process(env=env)
-    survivor.wait_for_output(READY)
     CleanupSchedule.objects.filter(pk=schedule.pk).update(params={"seconds": 0})
-    after = wait_until(lambda: run_of(schedule, iteration__gt=1, status="succeeded"), timeout=30)
+    start_worker_process(env=env).wait_for_output(READY)
+    return schedule
 
-    lost = run_of(schedule, iteration=1)
-    assert lost.status == "interrupted"
+
+@pytest.mark.subprocess
+def test_a_dead_workers_run_is_delivered_again_to_another(
+    engine, engine_port, durable_client, make_schedule, start_worker_process
+):
+    schedule = kill_a_worker_mid_run(engine_port, make_schedule, start_worker_process)
+
+    wait_until(lambda: run_of(schedule, iteration=2, status="succeeded"), timeout=30)
+    first = run_of(schedule, iteration=1)
+    assert (first.status, first.attempts) == ("succeeded", 2)  # the same record, run again
+    assert is_live(durable_client, schedule)
+
+
+class EngineThatLosesWork(CountingEngine):
+    """An engine that, like the SDK's own, never delivers a dead worker's work again."""
+
+    def _take_back(self, held):
+        pass
+
+
+@pytest.mark.subprocess
+def test_the_watchdog_restarts_a_schedule_whose_run_the_engine_lost(
+    engine_port, make_schedule, start_worker_process
+):
+    yield_engine = serving_without_worker(EngineThatLosesWork(engine_port))
+    next(yield_engine)
+    try:
+        schedule = kill_a_worker_mid_run(engine_port, make_schedule, start_worker_process)
+        after = wait_until(lambda: run_of(schedule, iteration__gt=1, status="succeeded"), 30)
+    finally:
+        next(yield_engine, None)
+
+    assert run_of(schedule, iteration=1).status == "interrupted"
     assert after.iteration == 2
     schedule.refresh_from_db()
     assert "Restarted: run 1 was interrupted" in schedule.status_reason
-    assert is_live(durable_client, schedule)
+
+
+def serving_without_worker(backend):
+    backend.start()
+    yield backend
+    backend.stop(grace=0.5)
 
 
 # 4. One iteration, one execution at a time ---------------------------------------------------

@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from cleanups.durable.activities import execute_iteration
 from cleanups.models import CleanupRun, CleanupSchedule
-from tests.conftest import runs_of, wait_until
+from tests.conftest import form_data, runs_of, wait_until
 from tests.testapp.models import Child, Event, Parent
 
 pytestmark = pytest.mark.django_db
@@ -38,18 +38,12 @@ def editor(django_user_model):
 
 def rows_form(model: str, field: str, **extra) -> dict[str, str]:
     params = {"model": model, "field": field, "older_than_days": 0.000001, **extra}
-    return {
-        "name": f"clean {model}",
-        "task": "delete_old_rows",
-        "params": json.dumps(params),
-        "interval": "00:00:01",
-        "max_iterations": "",
-        "cadence": "fixed_delay",
-        "timezone": "UTC",
-        "missed_runs": "run_once",
-        "max_retries": "0",
-        "pause_after_failures": "0",
-    }
+    return form_data(
+        name=f"clean {model}",
+        task="delete_old_rows",
+        params=json.dumps(params),
+        interval="00:00:01",
+    )
 
 
 def post_as(client, user, data: dict[str, str]):

@@ -4,7 +4,6 @@ action, or a real worker (in-process or `runworker`) against the real engine."""
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
@@ -14,7 +13,7 @@ from django.urls import reverse
 
 from cleanups.durable.reconciler import Reconciler
 from cleanups.models import CleanupSchedule
-from tests.conftest import is_live, runs_of, wait_until
+from tests.conftest import form_data, is_live, runs_of, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,23 +23,6 @@ PREVIEW = "cleanups:cadence_preview"
 NEVER_FIRES = "0 0 30 2 *"  # 30 February: croniter cannot find a next time
 FORGED = "run schedule=x iteration=1 status=succeeded"
 READY = "started. Press Ctrl+C to stop."
-
-
-def form_data(**overrides: str) -> dict[str, str]:
-    data = {
-        "name": "nightly",
-        "task": "sample",
-        "params": json.dumps({"seconds": 0}),
-        "interval": "00:00:05",
-        "max_iterations": "",
-        "cadence": "fixed_delay",
-        "timezone": "UTC",
-        "missed_runs": "run_once",
-        "max_retries": "0",
-        "pause_after_failures": "0",
-    }
-    data.update(overrides)
-    return data
 
 
 def add_form_errors(admin_client, **overrides: str) -> dict[str, list[str]]:

@@ -28,7 +28,7 @@ from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from durabletask.internal.grpc_interceptor import _ClientCallDetails
 from durabletask.testing import InMemoryOrchestrationBackend
-from durabletask.testing.in_memory_backend import OrchestrationInstance
+from durabletask.testing.in_memory_backend import ActivityWorkItem, OrchestrationInstance
 
 EMBEDDED_HOST = "127.0.0.1"
 # The SDK's loggers, named so Django's LOGGING settings govern them.
@@ -209,6 +209,8 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
         self._executions: dict[str, _Execution] = {}
         # One sequence for every instance, so a purged and recreated instance never reuses one.
         self._generation_sequence = itertools.count(1)
+        # Activities handed to a worker and not completed yet: (instance, task id, token).
+        self._activities_out: set[tuple[str, int, str]] = set()
 
     def start(self) -> str:
         self._shutdown_event.clear()
@@ -354,6 +356,9 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
 
     def CompleteActivityTask(self, request: Any, context: Any) -> Any:
         with self._lock:
+            self._activities_out.discard(
+                (request.instanceId, request.taskId, request.completionToken)
+            )
             if self._is_stale_activity_result(request):
                 _ENGINE_LOGGER.debug(
                     "Dropped the result of activity %s of %r: the execution that scheduled it "
@@ -363,6 +368,71 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
                 )
                 return pb.CompleteTaskResponse()
             return super().CompleteActivityTask(request, context)
+
+    # A worker that dies (its stream ends) takes no work with it: the SDK's backend would keep an
+    # orchestration step it held in flight for ever (the instance never runs again) and never
+    # deliver its activity again. Both go back to the queue, as a real engine redelivers.
+
+    def GetWorkItems(self, request: Any, context: Any) -> Any:
+        held: list[pb.WorkItem] = []
+        try:
+            for work_item in super().GetWorkItems(request, context):
+                if work_item.HasField("activityRequest"):
+                    with self._lock:
+                        self._activities_out.add(_activity_key(work_item))
+                held.append(work_item)
+                if len(held) > 1000:  # a long-lived stream: forget what was completed
+                    with self._lock:
+                        held = [item for item in held if self._outstanding(item)]
+                yield work_item
+        finally:
+            self._take_back(held)
+
+    def _outstanding(self, work_item: pb.WorkItem) -> bool:
+        """Handed out and not completed (call with the lock held)."""
+        if work_item.HasField("activityRequest"):
+            return _activity_key(work_item) in self._activities_out
+        instance_id = work_item.orchestratorRequest.instanceId
+        instance = self._instances.get(instance_id)
+        return (
+            instance is not None
+            and instance_id in self._orchestration_in_flight
+            and str(instance.completion_token) == work_item.completionToken
+        )
+
+    def _take_back(self, held: list[pb.WorkItem]) -> None:
+        with self._lock:
+            for work_item in held:
+                if not self._outstanding(work_item):
+                    continue
+                if work_item.HasField("orchestratorRequest"):
+                    self.AbandonTaskOrchestratorWorkItem(
+                        pb.AbandonOrchestrationTaskRequest(
+                            completionToken=work_item.completionToken
+                        ),
+                        None,
+                    )
+                elif work_item.HasField("activityRequest"):
+                    self._activities_out.discard(_activity_key(work_item))
+                    activity = work_item.activityRequest
+                    self._activity_queue.append(
+                        ActivityWorkItem(
+                            instance_id=activity.orchestrationInstance.instanceId,
+                            name=activity.name,
+                            task_id=activity.taskId,
+                            input=activity.input.value if activity.HasField("input") else None,
+                            completion_token=int(work_item.completionToken),
+                            version=activity.version.value
+                            if activity.HasField("version")
+                            else None,
+                        )
+                    )
+                    _ENGINE_LOGGER.info(
+                        "Delivering activity %s of %r again: its worker went away.",
+                        activity.taskId,
+                        activity.orchestrationInstance.instanceId,
+                    )
+            self._work_available.set()
 
     def CompleteOrchestratorTask(self, request: Any, context: Any) -> Any:
         response = super().CompleteOrchestratorTask(request, context)
@@ -386,6 +456,11 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
         if self._is_terminal_status(instance.status):
             return True
         return request.completionToken not in execution.activity_tokens
+
+
+def _activity_key(work_item: pb.WorkItem) -> tuple[str, int, str]:
+    activity = work_item.activityRequest
+    return (activity.orchestrationInstance.instanceId, activity.taskId, work_item.completionToken)
 
 
 _TASK_RESULT_EVENTS = frozenset({"timerFired", "taskCompleted", "taskFailed"})
