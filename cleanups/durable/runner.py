@@ -57,6 +57,9 @@ class WorkerHost:
             if self.config.mode is EngineMode.EMBEDDED:
                 self.engine = build_embedded_engine(self.config)
                 self.write(f"Embedded engine listening on {self.engine.start()}")
+            # Beat before taking work: another worker handed this one's run must see it alive,
+            # or it would run the same iteration beside it.
+            self.reconciler.beat()
             self.worker = register(build_worker(self.config, self.concurrency))
             self.write("Registered orchestrators: " + ", ".join(f.__name__ for f in ORCHESTRATORS))
             self.write("Registered activities: " + ", ".join(f.__name__ for f in ACTIVITIES))
