@@ -100,11 +100,7 @@ def start_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     live = state is not None and state.runtime_status in LIVE_STATUSES
     if live and schedule.is_alive:
         _set_desired_state(schedule, CleanupSchedule.DesiredState.RUNNING)
-        return ControlOutcome(
-            schedule,
-            Outcome.ALREADY_RUNNING,
-            f"“{schedule}” is already running; nothing new started.",
-        )
+        return _already_running(schedule)
     try:
         first_run = _first_run(schedule)
     except UncomputableRun as error:
@@ -148,15 +144,20 @@ def _start_generation(schedule: CleanupSchedule, trigger: str) -> ControlOutcome
     outcome = start_orchestration(schedule, trigger=trigger, known_not_live=True)
     if outcome.outcome is Outcome.ALREADY_RUNNING:
         with engine_call():
-            client = get_client()
-            client.terminate_orchestration(
-                schedule.instance_id, output="superseded by a newer start", recursive=False
-            )
-            client.wait_for_orchestration_completion(
-                schedule.instance_id, fetch_payloads=False, timeout=30
-            )
+            end_orchestration(get_client(), schedule, "superseded by a newer start")
         outcome = start_orchestration(schedule, trigger=trigger)
     return outcome
+
+
+def end_orchestration(
+    client: dt_client.TaskHubGrpcClient, schedule: CleanupSchedule, why: str, timeout: int = 30
+) -> None:
+    """Terminate the schedule's orchestration and wait until the engine has ended it, so a new
+    one can take its instance id. Raises TimeoutError if it does not end in ``timeout`` s."""
+    client.terminate_orchestration(schedule.instance_id, output=why, recursive=False)
+    client.wait_for_orchestration_completion(
+        schedule.instance_id, fetch_payloads=False, timeout=timeout
+    )
 
 
 def terminate_schedule(schedule: CleanupSchedule) -> ControlOutcome:
@@ -224,9 +225,7 @@ def start_orchestration(
                     raise
         if live_generation(client, schedule) == schedule.generation:
             return started
-    return ControlOutcome(
-        schedule, Outcome.ALREADY_RUNNING, f"“{schedule}” is already running; nothing new started."
-    )
+    return _already_running(schedule)
 
 
 def live_generation(client: dt_client.TaskHubGrpcClient, schedule: CleanupSchedule) -> Any:
@@ -328,12 +327,7 @@ def restart_schedule(schedule: CleanupSchedule) -> ControlOutcome:
             live = state is not None and state.runtime_status in LIVE_STATUSES
             # Unless a reconciler pass already started this very generation:
             if live and live_generation(client, schedule) != schedule.generation:
-                client.terminate_orchestration(
-                    schedule.instance_id, output="restarted by operator", recursive=False
-                )
-                client.wait_for_orchestration_completion(
-                    schedule.instance_id, fetch_payloads=False, timeout=30
-                )
+                end_orchestration(client, schedule, "restarted by operator")
             outcome = start_orchestration(schedule, trigger="restart")
     except (EngineUnavailable, TimeoutError):
         return _unreachable(schedule, "running")
@@ -366,6 +360,12 @@ def _engine_state(
     """The client, and the engine's state of the schedule's orchestration (None: no instance)."""
     client = get_client()
     return client, client.get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+
+
+def _already_running(schedule: CleanupSchedule) -> ControlOutcome:
+    return ControlOutcome(
+        schedule, Outcome.ALREADY_RUNNING, f"“{schedule}” is already running; nothing new started."
+    )
 
 
 def _unreachable(schedule: CleanupSchedule, state: str) -> ControlOutcome:

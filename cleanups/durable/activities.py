@@ -411,12 +411,12 @@ def record_timeout(schedule_id: int, iteration: int, planned_at: str | None) -> 
             config=schedule.snapshot(),
         )
         _advance_iteration(schedule, iteration)
-    elif CleanupRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
-        status=Status.TIMED_OUT, finished_at=now, duration=now - run.started_at, error=error
-    ):
-        run.refresh_from_db()
     else:
-        run.refresh_from_db()  # it finished just in time: its own outcome stands
+        # If it finished just in time, its own outcome stands.
+        CleanupRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
+            status=Status.TIMED_OUT, finished_at=now, duration=now - run.started_at, error=error
+        )
+        run.refresh_from_db()
     logger.info(
         "run schedule=%s iteration=%d status=%s after %.3fs (limit %d s)",
         schedule.name,

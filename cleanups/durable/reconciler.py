@@ -21,6 +21,7 @@ from cleanups.control import (
     LIVE_STATUSES,
     EngineUnavailable,
     Status,
+    end_orchestration,
     fetch_runtime_states,
     start_orchestration,
     stop_for_its_cadence,
@@ -238,13 +239,7 @@ class Reconciler:
                 )
             CleanupSchedule.objects.filter(pk=schedule.pk).update(status_reason=reason)
             try:
-                client = get_client()
-                client.terminate_orchestration(
-                    schedule.instance_id, output="its run was lost", recursive=False
-                )
-                client.wait_for_orchestration_completion(
-                    schedule.instance_id, fetch_payloads=False, timeout=10
-                )
+                end_orchestration(get_client(), schedule, "its run was lost", timeout=10)
                 start_orchestration(schedule)
             except Exception as error:  # the next pass tries again
                 logger.warning("reconciler: could not restart %s: %s", schedule, error)
