@@ -93,6 +93,22 @@ def test_form_refuses_the_largest_interval_instead_of_overflowing(admin_client):
     assert set(errors) == {"interval"}
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1", "greater than or equal to 0"),
+        ("31622401", "less than or equal to 31622400"),
+        ("1" + "0" * 30, "less than or equal to 31622400"),
+        ("an hour", "whole number"),
+    ],
+)
+def test_form_refuses_a_run_limit_out_of_range(admin_client, value, message):
+    errors = add_form_errors(admin_client, max_run_seconds=value)
+
+    assert set(errors) == {"max_run_seconds"}
+    assert message in " ".join(errors["max_run_seconds"])
+
+
 def test_form_refuses_a_start_at_the_end_of_the_calendar(admin_client):
     errors = add_form_errors(admin_client, start_at_0="9999-12-31", start_at_1="23:59:59")
 
@@ -154,55 +170,26 @@ def test_preview_answers_400_naming_the_parameter(admin_client, params, paramete
 # --- admin actions on a schedule that cannot run ------------------------------------------
 
 
-def test_start_action_refuses_a_schedule_that_cannot_compute_its_next_run(
-    admin_client, engine, durable_client, make_schedule
+@pytest.mark.parametrize(
+    ("action", "desired_state"),
+    [
+        ("start_schedules", "stopped"),
+        ("resume_schedules", "paused"),
+        ("restart_schedules", "running"),
+        ("run_now", "running"),
+    ],
+)
+def test_action_refuses_a_schedule_that_cannot_compute_its_next_run(
+    admin_client, engine, durable_client, make_schedule, action, desired_state
 ):
-    schedule = never_firing(make_schedule, "stopped")
+    schedule = never_firing(make_schedule, desired_state)
 
-    response = post_action(admin_client, "start_schedules", schedule)
+    response = post_action(admin_client, action, schedule)
 
     assert response.status_code == 302
     assert any("never fires" in m for m in messages_of(response))
     assert stopped_for_its_cadence(schedule)
     assert not is_live(durable_client, schedule)
-
-
-def test_resume_action_refuses_a_schedule_that_cannot_compute_its_next_run(
-    admin_client, engine, durable_client, make_schedule
-):
-    schedule = never_firing(make_schedule, "paused")
-
-    response = post_action(admin_client, "resume_schedules", schedule)
-
-    assert response.status_code == 302
-    assert any("never fires" in m for m in messages_of(response))
-    assert stopped_for_its_cadence(schedule)
-    assert not is_live(durable_client, schedule)
-
-
-def test_restart_action_refuses_a_schedule_that_cannot_compute_its_next_run(
-    admin_client, engine, durable_client, make_schedule
-):
-    schedule = never_firing(make_schedule, "running")
-
-    response = post_action(admin_client, "restart_schedules", schedule)
-
-    assert response.status_code == 302
-    assert any("never fires" in m for m in messages_of(response))
-    assert stopped_for_its_cadence(schedule)
-    assert not is_live(durable_client, schedule)
-
-
-def test_run_now_action_refuses_a_schedule_that_cannot_compute_its_next_run(
-    admin_client, engine, durable_client, make_schedule
-):
-    schedule = never_firing(make_schedule, "running")
-
-    response = post_action(admin_client, "run_now", schedule)
-
-    assert response.status_code == 302
-    assert any("never fires" in m for m in messages_of(response))
-    assert stopped_for_its_cadence(schedule)
 
 
 # --- the worker records the run, stops the schedule, and nothing re-runs it ----------------
