@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 from durabletask.testing import InMemoryOrchestrationBackend
 
 from cleanups import control
@@ -398,3 +399,37 @@ def test_a_second_delivery_waits_for_the_first_and_does_not_run_it_again(make_sc
     (run,) = runs_of(schedule)
     assert run.attempts == 1 and run.status == "succeeded"
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["on time", "late: a catch-up"])
+def test_deliveries_that_arrive_together_execute_an_iteration_once(make_schedule, late):
+    """Two deliveries of each iteration released at the same instant, as a redelivery racing the
+    first delivery does: whoever claims the record runs it, the other returns its outcome."""
+    testapp_tasks.EXECUTING.update(now=0, most=0)
+    schedule = make_schedule(
+        task="testapp_counts_overlap", params={"seconds": 0.2}, interval=timedelta(seconds=1)
+    )
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="running")
+    for iteration in range(2, 12, 2):
+        planned = timezone.now() - timedelta(seconds=5 if late else 0)
+        gate = threading.Barrier(2)
+        results = []
+
+        def deliver(iteration=iteration, planned=planned, gate=gate, results=results):
+            gate.wait()
+            results.append(
+                execute_iteration(schedule.pk, iteration, planned_at=planned.isoformat())
+            )
+
+        pair = [threading.Thread(target=deliver) for _ in range(2)]
+        for thread in pair:
+            thread.start()
+        for thread in pair:
+            thread.join()
+        assert results[0]["iteration"] == results[1]["iteration"]
+
+    assert testapp_tasks.EXECUTING["most"] == 1
+    executed = CleanupRun.objects.filter(schedule=schedule).exclude(status="skipped")
+    assert executed.count() == 5
+    assert {run.attempts for run in executed} == {1}
+    assert {run.trigger for run in executed} == {"catch_up" if late else "scheduled"}

@@ -249,6 +249,8 @@ def _handle_missed_slots(
             return {"iteration": iteration}
         reason = _why_missed(schedule, iteration, planned)
         existing = _record_skipped(schedule, iteration, skipped, reason, planned, now)
+        if existing.status != Status.SKIPPED:
+            return None  # another delivery began the run meanwhile: _begin_run waits for it
     if schedule.missed_runs == CleanupSchedule.MissedRuns.RUN_ONCE:
         return {"iteration": iteration + 1}
     try:
@@ -342,11 +344,10 @@ def _begin_run(
 ) -> CleanupRun | dict[str, Any]:
     """The iteration's run record, created or taken over; or, when another delivery of it ran
     (or it timed out), the outcome to return instead of running it a second time."""
-    now = timezone.now()
-    existing = _after_other_delivery(schedule, iteration, planned_at)
-    if existing is not None:
-        return existing
-    with transaction.atomic():
+    while True:
+        existing = _after_other_delivery(schedule, iteration, planned_at)
+        if existing is not None:
+            return existing
         run, created = CleanupRun.objects.get_or_create(
             schedule=schedule,
             iteration=iteration,
@@ -354,33 +355,52 @@ def _begin_run(
                 "task": schedule.task,
                 "dry_run": schedule.dry_run,
                 "planned_at": datetime.fromisoformat(planned_at) if planned_at else None,
-                "started_at": now,
+                "started_at": timezone.now(),
                 "worker": worker_id(),
                 "trigger": trigger,
                 "triggered_by": triggered_by,
                 "config": schedule.snapshot(),
             },
         )
-        if not created:
-            changes: dict[str, Any] = {
-                "status": Status.RUNNING,
-                "finished_at": None,
-                "duration": None,
-                "worker": worker_id(),
-            }
-            if part == 0:
-                # A redelivery or a retry: this iteration's record is reused, never duplicated.
-                # Counts stay: they were committed with the rows they describe (a dry run
-                # deleted nothing, so its count starts again).
-                changes.update(attempts=F("attempts") + 1, task=schedule.task)
-                if run.dry_run:
-                    changes.update(items_deleted=0, details={})
-            else:
-                changes["parts"] = part + 1
-            CleanupRun.objects.filter(pk=run.pk).update(**changes)
-            run.refresh_from_db()
-        _advance_iteration(schedule, iteration)
-    return run
+        if created or _take_over(run, part, schedule.task):
+            _advance_iteration(schedule, iteration)
+            return run
+        # Another delivery began it between our look and our claim: wait for that one.
+
+
+def _take_over(run: CleanupRun, part: int, task_name: str) -> bool:
+    """Claim a run record that exists already for this delivery, if nobody executes it: one
+    conditional UPDATE on what was read, so of two deliveries that race only one wins."""
+    executing = run.status == Status.RUNNING and run.finished_at is None and _alive(run.worker)
+    if executing:
+        return False
+    changes: dict[str, Any] = {
+        "status": Status.RUNNING,
+        "finished_at": None,
+        "duration": None,
+        "worker": worker_id(),
+    }
+    if part == 0:
+        # A redelivery or a retry: this iteration's record is reused, never duplicated. Counts
+        # stay: they were committed with the rows they describe (a dry run deleted nothing, so
+        # its count starts again).
+        changes.update(attempts=F("attempts") + 1, task=task_name)
+        if run.dry_run:
+            changes.update(items_deleted=0, details={})
+    else:
+        changes["parts"] = part + 1
+    as_read = CleanupRun.objects.filter(
+        pk=run.pk,
+        status=run.status,
+        worker=run.worker,
+        attempts=run.attempts,
+        parts=run.parts,
+        finished_at=run.finished_at,
+    )
+    if not as_read.update(**changes):
+        return False
+    run.refresh_from_db()
+    return True
 
 
 def record_timeout(schedule_id: int, iteration: int, planned_at: str | None) -> dict[str, Any]:
