@@ -46,6 +46,7 @@ REPLACE_TERMINATED = pb.OrchestrationIdReusePolicy(
         ("GetWorkItems", ["self", "request", "context"]),
         ("AbandonTaskOrchestratorWorkItem", ["self", "request", "context"]),
         ("CompleteOrchestratorTask", ["self", "request", "context"]),
+        ("ResumeInstance", ["self", "request", "context"]),
         ("_create_instance_internal", ["self", "instance_id", "name", "encoded_input", "version"]),
         ("_process_complete_orchestration_action", ["self", "instance", "complete_action"]),
         ("_process_schedule_task_action", ["self", "instance", "action"]),
@@ -73,6 +74,7 @@ def test_the_sdk_backend_keeps_the_state_the_engine_uses():
         "status",
         "history",
         "pending_events",
+        "dispatched_events",
         "completion_token",
         "last_updated_at",
     } <= instance_fields
@@ -307,6 +309,35 @@ def test_an_activity_result_of_the_previous_generation_does_not_complete_the_nex
         assert state.get_output() == "from generation 2"
     else:
         assert state.get_output() == "from generation 1"
+
+
+def wait_for_go(ctx: task.OrchestrationContext, _: Any) -> Any:
+    yield ctx.wait_for_external_event("go")
+    return "went"
+
+
+def test_a_second_resume_does_not_fail_the_orchestration(backend, sdk_worker, client):
+    """What a reconciler and an operator both resuming a paused schedule do."""
+    sdk_worker.add_orchestrator(wait_for_go)
+    sdk_worker.start()
+    instance_id = client.schedule_new_orchestration(wait_for_go)
+    client.wait_for_orchestration_start(instance_id, timeout=20)
+    client.suspend_orchestration(instance_id)
+    wait_until(
+        lambda: client.get_orchestration_state(instance_id).runtime_status == Status.SUSPENDED
+    )
+
+    client.resume_orchestration(instance_id)
+    client.resume_orchestration(instance_id)
+    client.raise_orchestration_event(instance_id, "go")
+    state = client.wait_for_orchestration_completion(instance_id, timeout=20)
+
+    assert state is not None
+    if fixed(backend):
+        assert state.runtime_status == Status.COMPLETED and state.get_output() == "went"
+    else:  # the SDK's executor fails on the resume it is not suspended for
+        assert state.runtime_status == Status.FAILED
+        assert "executionResumed" in state.failure_details.message
 
 
 # Scale: one thread serves every timer.

@@ -157,3 +157,37 @@ def test_an_unreachable_engine_is_survived(engine_port, make_schedule, reconcile
     # Said once, not on every pass.
     assert sum("engine unreachable" in r.getMessage() for r in caplog.records) == 1
     assert WorkerHeartbeat.objects.filter(worker="test-host:1:me").exists()
+
+
+@pytest.mark.parametrize("its_worker", ["alive", "dead"])
+def test_a_restart_waits_for_the_plan_of_a_run_just_finished_only_while_its_worker_lives(
+    worker, durable_client, make_schedule, reconciler, its_worker
+):
+    """A run records its outcome, then plans the next: a worker that died in between never
+    writes the plan, and its schedule must not wait for it."""
+    schedule = make_schedule(interval=timedelta(seconds=30))
+    now = timezone.now()
+    pid = 5 if its_worker == "alive" else 999_999  # no such process on this machine
+    hostname = "other-host" if its_worker == "alive" else reconciler.hostname
+    WorkerHeartbeat.objects.create(
+        worker=f"{hostname}:{pid}:x", hostname=hostname, pid=pid, started_at=now, last_seen=now
+    )
+    planned = now - timedelta(seconds=1)
+    CleanupRun.objects.create(
+        schedule=schedule,
+        iteration=4,
+        task="sample",
+        status="succeeded",
+        planned_at=planned,
+        started_at=planned,
+        finished_at=now,
+        worker=f"{hostname}:{pid}:x",
+    )
+    _want_running(schedule, current_iteration=4, next_run_at=planned)  # its own plan still
+
+    reconciler.tick()
+
+    if its_worker == "alive":
+        assert not is_live(durable_client, schedule)  # the next pass looks again
+    else:
+        assert is_live(durable_client, schedule)

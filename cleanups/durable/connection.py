@@ -434,6 +434,17 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
                     )
             self._work_available.set()
 
+    def ResumeInstance(self, request: Any, context: Any) -> Any:
+        # The SDK queues a resume whatever the state, and its executor fails the orchestration
+        # on a resume it is not suspended for ("Don't know how to handle event of type
+        # 'executionResumed'"): two resumes in a row killed a schedule. A resume of an instance
+        # that is not, and will not be, suspended does nothing, as on the other engines.
+        with self._lock:
+            instance = self._instances.get(request.instanceId)
+            if instance is not None and not _suspended_after_all(instance):
+                return pb.ResumeResponse()
+            return super().ResumeInstance(request, context)
+
     def CompleteOrchestratorTask(self, request: Any, context: Any) -> Any:
         response = super().CompleteOrchestratorTask(request, context)
         # The SDK leaves an instance whose step ended suspended off the queue, even when a
@@ -456,6 +467,18 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
         if self._is_terminal_status(instance.status):
             return True
         return request.completionToken not in execution.activity_tokens
+
+
+def _suspended_after_all(instance: OrchestrationInstance) -> bool:
+    """Whether the instance is suspended once every event it has, including those on their way
+    to a worker or waiting for one, has been applied."""
+    suspended = instance.status == pb.ORCHESTRATION_STATUS_SUSPENDED
+    for event in (*instance.history, *instance.dispatched_events, *instance.pending_events):
+        if event.HasField("executionSuspended"):
+            suspended = True
+        elif event.HasField("executionResumed"):
+            suspended = False
+    return suspended
 
 
 def _activity_key(work_item: pb.WorkItem) -> tuple[str, int, str]:

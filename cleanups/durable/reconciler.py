@@ -183,7 +183,8 @@ class Reconciler:
                 "Its orchestration was lost (engine restarted) before the run finished.",
             )
         # A run records its outcome, then plans the next run: between the two, the plan on the
-        # row is that run's own. Wait for the new plan (a few seconds at most).
+        # row is that run's own. Wait for the new plan (a few seconds at most), unless the
+        # run's worker died in between: then nobody will write it.
         schedule.refresh_from_db()
         newest = _newest_run(schedule)
         planning = (
@@ -195,6 +196,9 @@ class Reconciler:
             and newest.finished_at is not None
             and newest.finished_at > timezone.now() - timedelta(seconds=10)
         )
+        if planning:
+            heartbeats = {b.worker: b for b in WorkerHeartbeat.objects.filter(worker=newest.worker)}
+            planning = not self._worker_is_dead(newest.worker, heartbeats)
         return not planning
 
     def _running_runs(self, schedule: CleanupSchedule) -> tuple[list[CleanupRun], list[CleanupRun]]:
