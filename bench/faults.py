@@ -150,7 +150,7 @@ EDIT_UNCERTAINTY = timedelta(seconds=0.5)
 MIN_SETTLE = max(10.0, 6 * RECONCILE_INTERVAL)
 USERNAME, PASSWORD = "bench", "bench-faults-password"
 INTERVALS = [1.0, 1.5, 2.0, 2.5, 3.0]
-EXAMPLES = 5
+EXAMPLES = int(os.environ.get("FAULTS_EXAMPLES", "5"))
 
 for name in ("BENCH_DATABASE_URL", "BENCH_DB", "ENGINE_CALL_TIMEOUT"):
     os.environ.pop(name, None)

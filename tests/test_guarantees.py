@@ -433,3 +433,33 @@ def test_deliveries_that_arrive_together_execute_an_iteration_once(make_schedule
     assert executed.count() == 5
     assert {run.attempts for run in executed} == {1}
     assert {run.trigger for run in executed} == {"catch_up" if late else "scheduled"}
+
+
+def test_a_catch_up_that_comes_late_records_the_slots_that_went_by(make_schedule):
+    """A catch-up is planned for at once; if the engine delivers it seconds later (it was down,
+    or frozen), the slots of those seconds are a skipped row, not a silent gap."""
+    schedule = make_schedule(
+        interval=timedelta(seconds=1), cadence="fixed_rate", missed_runs="run_once"
+    )
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="running")
+    planned = timezone.now() - timedelta(seconds=5)
+
+    result = execute_iteration(schedule.pk, 3, trigger="catch_up", planned_at=planned.isoformat())
+
+    skipped, ran = runs_of(schedule)
+    assert (skipped.iteration, skipped.status) == (3, "skipped")
+    assert skipped.details["slots"] >= 4 and skipped.started_at == planned
+    assert (ran.iteration, ran.status, ran.trigger) == (4, "succeeded", "catch_up")
+    assert result["iteration"] == 4
+
+
+def test_a_catch_up_within_the_grace_runs_as_planned(make_schedule):
+    schedule = make_schedule(
+        interval=timedelta(seconds=1), cadence="fixed_rate", missed_runs="run_once"
+    )
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="running")
+
+    execute_iteration(schedule.pk, 3, trigger="catch_up", planned_at=timezone.now().isoformat())
+
+    (ran,) = runs_of(schedule)
+    assert (ran.iteration, ran.status, ran.trigger) == (3, "succeeded", "catch_up")

@@ -128,7 +128,9 @@ def execute_iteration(
 
     if part == 0:
         _wait_for_the_run_before(schedule, iteration)
-    if part == 0 and trigger == Trigger.SCHEDULED and planned_at:
+    if part == 0 and trigger in (Trigger.SCHEDULED, Trigger.CATCH_UP) and planned_at:
+        # A catch-up is planned "at once"; if it comes late all the same, the slots that went
+        # by meanwhile follow the policy too.
         plan = _handle_missed_slots(schedule, iteration, datetime.fromisoformat(planned_at))
         if plan is not None:
             if plan.get("skip"):
@@ -222,7 +224,8 @@ def execute_iteration(
 def _handle_missed_slots(
     schedule: CleanupSchedule, iteration: int, planned: datetime
 ) -> dict[str, Any] | None:
-    """Apply the missed-run policy when a scheduled run starts late; None if nothing was missed.
+    """Apply the missed-run policy when a scheduled (or catch-up) run starts late; None if
+    nothing was missed.
 
     Idempotent: a redelivery finds the skipped row it wrote and makes the same decision. Slots
     that cannot be computed count as none missed: the planned run runs, and its planning stops
