@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 from durabletask import client as dt_client
 
-from cleanups.control import ORCHESTRATION_NAME
+from cleanups.control import ORCHESTRATION_NAME, fetch_runtime_states
 from cleanups.durable.reconciler import Reconciler
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
-from tests.conftest import is_live, runs_of, timer_created, wait_until
+from tests.conftest import is_live, runs_of, timer_created, wait_for_clock, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = dt_client.OrchestrationStatus
@@ -191,3 +192,43 @@ def test_a_restart_waits_for_the_plan_of_a_run_just_finished_only_while_its_work
         assert not is_live(durable_client, schedule)  # the next pass looks again
     else:
         assert is_live(durable_client, schedule)
+
+
+def test_a_pass_ends_at_once_when_the_worker_is_stopping(engine, durable_client, make_schedule):
+    """SIGTERM sets the worker's stop event: a pass in progress starts nothing more, so a
+    worker with thousands of schedules to recover still stops promptly."""
+    schedules = [make_schedule() for _ in range(3)]
+    for schedule in schedules:
+        _want_running(schedule)
+    stopping = threading.Event()
+    stopping.set()
+
+    Reconciler(worker="test-host:1:me", interval=0.5, stopping=stopping).reconcile()
+
+    assert not any(is_live(durable_client, schedule) for schedule in schedules)
+    Reconciler(worker="test-host:1:me", interval=0.5).reconcile()
+    assert all(is_live(durable_client, schedule) for schedule in schedules)
+
+
+def test_the_watchdog_trusts_only_the_stall_it_saw_itself(
+    worker, durable_client, make_schedule, settings
+):
+    """An instance the engine has not touched since before the grace, on the first pass that
+    sees it (the engine was frozen, or this worker just started), is not restarted yet."""
+    settings.STUCK_RUN_GRACE_SECONDS = 0.5
+    schedule = make_schedule(interval=timedelta(seconds=60))
+    schedule.start()
+    wait_until(lambda: timer_created(durable_client, schedule.instance_id))
+    # The database says its run is overdue; the engine has it waiting, untouched.
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(
+        next_run_at=timezone.now() - timedelta(seconds=5)
+    )
+    wait_for_clock(timezone.now() + timedelta(seconds=0.6))
+    reconciler = Reconciler(worker="test-host:1:me", interval=0.5)
+
+    assert reconciler.restart_stuck(fetch_runtime_states()) == 0  # first sight
+    wait_for_clock(timezone.now() + timedelta(seconds=0.6))
+    assert reconciler.restart_stuck(fetch_runtime_states()) == 1  # unchanged for the grace
+    schedule.refresh_from_db()
+    assert "made no progress" in schedule.status_reason
+    assert is_live(durable_client, schedule)

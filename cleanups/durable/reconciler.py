@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from datetime import UTC, timedelta
+import threading
+import time
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, connections
@@ -35,15 +37,22 @@ HEARTBEAT_KEPT = timedelta(days=1)
 
 
 class Reconciler:
-    def __init__(self, worker: str, interval: float) -> None:
+    def __init__(
+        self, worker: str, interval: float, stopping: threading.Event | None = None
+    ) -> None:
         self.worker = worker
         self.interval = interval
+        # Set when the worker shuts down: a pass in progress ends at the next schedule.
+        self.stopping = stopping or threading.Event()
         # A worker that has not beaten for this long is dead, wherever it ran.
         self.stale_after = timedelta(seconds=max(30.0, interval * 6))
         self.hostname = socket.gethostname()
         self.started_at = timezone.now()
         self._engine_was_down = False
         self.backoff_cap = settings.RECOVERY_BACKOFF_MAX_SECONDS
+        # The watchdog's own observations: instance id -> (the engine's last update of it, when
+        # this reconciler first saw that update as the latest, on its monotonic clock).
+        self._unchanged_since: dict[str, tuple[datetime, float]] = {}
 
     def tick(self) -> None:
         """One pass: heartbeat, dead workers' runs, then engine versus database."""
@@ -90,6 +99,7 @@ class Reconciler:
         try:
             states = fetch_runtime_states()
         except EngineUnavailable as error:
+            self._unchanged_since.clear()  # time the engine was away proves nothing stuck
             if not self._engine_was_down:
                 logger.warning("reconciler: engine unreachable (%s); will keep trying", error)
             self._engine_was_down = True
@@ -99,6 +109,8 @@ class Reconciler:
         self._engine_was_down = False
 
         for schedule in CleanupSchedule.objects.alive():
+            if self.stopping.is_set():
+                return
             state = states.get(schedule.instance_id)
             if state is not None and state.runtime_status in LIVE_STATUSES:
                 self._agree_on_suspension(schedule, state)
@@ -132,6 +144,8 @@ class Reconciler:
 
         wanted_alive = set(CleanupSchedule.objects.alive().values_list("instance_id", flat=True))
         for instance_id, state in states.items():
+            if self.stopping.is_set():
+                return
             if state.runtime_status in LIVE_STATUSES and instance_id not in wanted_alive:
                 logger.info("reconciler: terminating %s (schedule stopped or deleted)", instance_id)
                 try:
@@ -215,18 +229,31 @@ class Reconciler:
         the engine has not touched for as long, and whose schedule has no run executing on a
         live worker, waits for something nobody will send (its run's worker died, a step was
         lost with a worker). It is restarted, its count going on, and its overdue run follows
-        the missed-run policy. (An engine that redelivers does so first.)"""
+        the missed-run policy. (An engine that redelivers does so first.)
+
+        "Untouched for as long" is what this reconciler saw itself, pass after pass with the
+        engine answering: an engine frozen, restarting or busy with a backlog leaves every
+        instance untouched for a while, and that is not stuck."""
         grace = timedelta(seconds=settings.STUCK_RUN_GRACE_SECONDS)
         cutoff = timezone.now() - grace
         overdue = CleanupSchedule.objects.should_run().filter(next_run_at__lt=cutoff)
         restarted = 0
+        observed: dict[str, tuple[datetime, float]] = {}
         for schedule in overdue:
+            if self.stopping.is_set():
+                break
             state = states.get(schedule.instance_id)
             if (
                 state is None
                 or state.runtime_status not in (Status.RUNNING, Status.PENDING)
                 or state.last_updated_at.replace(tzinfo=UTC) > cutoff
             ):
+                continue
+            seen = self._unchanged_since.get(schedule.instance_id)
+            if seen is None or seen[0] != state.last_updated_at:
+                seen = (state.last_updated_at, time.monotonic())
+            observed[schedule.instance_id] = seen
+            if time.monotonic() - seen[1] < grace.total_seconds():
                 continue
             if self._running_runs(schedule)[1]:
                 continue  # executing, between parts or waiting for a retry: not stuck
@@ -249,7 +276,9 @@ class Reconciler:
                 logger.warning("reconciler: could not restart %s: %s", schedule, error)
                 continue
             logger.warning("reconciler: schedule %s: %s", schedule, reason)
+            observed.pop(schedule.instance_id, None)
             restarted += 1
+        self._unchanged_since = observed
         return restarted
 
     def _due_for_recovery(self, schedule: CleanupSchedule, state: OrchestrationState) -> bool:

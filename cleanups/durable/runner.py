@@ -38,7 +38,7 @@ class WorkerHost:
         self.concurrency = concurrency
         self.write = write
         self.stopping = threading.Event()
-        self.reconciler = Reconciler(worker_id(), reconcile_interval)
+        self.reconciler = Reconciler(worker_id(), reconcile_interval, self.stopping)
         self.engine: EmbeddedEngine | None = None
         self.worker: dt_worker.TaskHubGrpcWorker | None = None
 
