@@ -442,6 +442,10 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
         with self._lock:
             instance = self._instances.get(request.instanceId)
             if instance is not None and not _suspended_after_all(instance):
+                if instance.pending_events and instance.instance_id not in (
+                    self._orchestration_in_flight
+                ):
+                    self._enqueue_orchestration(instance.instance_id)  # a resume on its way
                 return pb.ResumeResponse()
             return super().ResumeInstance(request, context)
 
@@ -470,10 +474,10 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
 
 
 def _suspended_after_all(instance: OrchestrationInstance) -> bool:
-    """Whether the instance is suspended once every event it has, including those on their way
-    to a worker or waiting for one, has been applied."""
+    """Whether the instance will be suspended once the events on their way to a worker, or
+    waiting for one, are applied to its status now."""
     suspended = instance.status == pb.ORCHESTRATION_STATUS_SUSPENDED
-    for event in (*instance.history, *instance.dispatched_events, *instance.pending_events):
+    for event in (*instance.dispatched_events, *instance.pending_events):
         if event.HasField("executionSuspended"):
             suspended = True
         elif event.HasField("executionResumed"):
