@@ -171,6 +171,9 @@ CLEANUP_MAX_RUN_SECONDS = env.int("CLEANUP_MAX_RUN_SECONDS", default=3600)
 # A live orchestration whose run was interrupted (its worker died) and not redelivered within
 # this is restarted by the reconciler, its count going on.
 STUCK_RUN_GRACE_SECONDS = env.float("STUCK_RUN_GRACE_SECONDS", default=60.0)
+# runworker stops within about this long: work still in progress then is left to the engine,
+# which delivers it again (its run is marked interrupted).
+WORKER_STOP_SECONDS = env.float("WORKER_STOP_SECONDS", default=20.0)
 # A scheduled run that starts more than this late has missed its slot (missed-run policy).
 MISSED_RUN_GRACE_SECONDS = env.float("MISSED_RUN_GRACE_SECONDS", default=2.0)
 # A failed orchestration (not a failed cleanup) is restarted after 5 s, 10 s, 20 s... at most this.

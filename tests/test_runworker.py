@@ -76,6 +76,27 @@ def test_startup_output_runs_and_sigterm_stops_cleanly(
     assert schedule.desired_state == RUNNING  # stopping the worker is not stopping the schedule
 
 
+def test_sigterm_stops_within_its_limit_even_mid_run(start_worker_process, make_schedule):
+    """A cleanup that would run for a minute does not hold the worker's stop: past
+    WORKER_STOP_SECONDS it leaves, its run interrupted, for the engine to deliver again."""
+    worker = start_worker_process(env={"WORKER_STOP_SECONDS": "1"})
+    worker.wait_for_output(READY)
+    schedule = make_schedule(params={"seconds": 60})
+    schedule.start()
+    wait_until(lambda: CleanupRun.objects.running().filter(schedule=schedule).exists())
+
+    began = time.monotonic()
+    code = worker.stop(signal.SIGTERM)
+
+    assert code == 0, worker.output
+    assert time.monotonic() - began < 15, worker.output
+    assert "stopping without waiting longer for the work in progress" in worker.output
+    assert "Traceback" not in worker.output, worker.output
+    (run,) = runs_of(schedule)
+    assert run.status == CleanupRun.Status.INTERRUPTED
+    assert not WorkerHeartbeat.objects.exists()
+
+
 def test_sigint_stops_cleanly(start_worker_process):
     worker = start_worker_process()
     worker.wait_for_output(READY)

@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -32,6 +33,20 @@ RETRY_FIRST_SECONDS = 1.0
 
 class RetryableCleanupError(Exception):
     """A cleanup failed and has retries left: raised so the engine's retry policy runs it again."""
+
+
+class WorkerStopping(Exception):
+    """This worker is shutting down: it begins no run and waits for none (the engine delivers
+    the work again, to a worker that stays)."""
+
+
+# Set when runworker is asked to stop.
+STOPPING = threading.Event()
+
+
+def _stop_if_stopping() -> None:
+    if STOPPING.is_set():
+        raise WorkerStopping("this worker is shutting down")
 
 
 @functools.cache
@@ -126,6 +141,7 @@ def execute_iteration(
         )
         return _stop(iteration, "end_at reached")
 
+    _stop_if_stopping()
     if part == 0:
         _wait_for_the_run_before(schedule, iteration)
     if part == 0 and trigger in (Trigger.SCHEDULED, Trigger.CATCH_UP) and planned_at:
@@ -462,6 +478,7 @@ def _wait_for_the_run_before(schedule: CleanupSchedule, iteration: int) -> None:
         run = others.first()
         if run is None or not _alive(run.worker):
             return
+        _stop_if_stopping()
         time.sleep(0.2)
 
 
@@ -485,6 +502,7 @@ def _after_other_delivery(
         # executing it, so this delivery takes it over.
         if run.finished_at is not None or not _alive(run.worker):
             return None
+        _stop_if_stopping()
         time.sleep(0.5)
 
 

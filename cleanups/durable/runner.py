@@ -8,8 +8,10 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
+from django.conf import settings
 from durabletask import worker as dt_worker
 
+from cleanups.durable import activities
 from cleanups.durable.activities import worker_id
 from cleanups.durable.connection import (
     EmbeddedEngine,
@@ -41,10 +43,12 @@ class WorkerHost:
         self.reconciler = Reconciler(worker_id(), reconcile_interval, self.stopping)
         self.engine: EmbeddedEngine | None = None
         self.worker: dt_worker.TaskHubGrpcWorker | None = None
+        self.left_work = False  # shut down without waiting for every work item (too long)
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.write(f"Received {signal.Signals(signum).name}, stopping...")
         self.stopping.set()
+        activities.STOPPING.set()
 
     def run(self) -> None:
         signal.signal(signal.SIGINT, self.request_stop)
@@ -72,8 +76,19 @@ class WorkerHost:
             self.shutdown()
 
     def shutdown(self) -> None:
+        activities.STOPPING.set()
         if self.worker is not None:
-            self.worker.stop()
+            # The SDK waits for every work item it holds, for ever; a run's cleanup may take
+            # long. Past the limit, what is left is marked interrupted and delivered again.
+            stopper = threading.Thread(target=self.worker.stop, name="stop-worker", daemon=True)
+            stopper.start()
+            stopper.join(settings.WORKER_STOP_SECONDS)
+            self.left_work = stopper.is_alive()
+            if self.left_work:
+                logger.warning(
+                    "stopping without waiting longer for the work in progress (%s s passed)",
+                    settings.WORKER_STOP_SECONDS,
+                )
         self.reconciler.shutdown()
         if self.engine is not None:
             self.engine.stop(grace=1)
