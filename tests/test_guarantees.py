@@ -468,3 +468,28 @@ def test_a_catch_up_within_the_grace_runs_as_planned(make_schedule):
 
     (ran,) = runs_of(schedule)
     assert (ran.iteration, ran.status, ran.trigger) == (3, "succeeded", "catch_up")
+
+
+def test_a_run_never_overwrites_a_slot_recorded_as_missed(make_schedule):
+    """A restart's first run waited for the old orchestration's run, whose planning then
+    recorded the next slot as missed: the record stays, and the run takes the next iteration."""
+    schedule = make_schedule(interval=timedelta(seconds=1))
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="running")
+    now = timezone.now()
+    CleanupRun.objects.create(
+        schedule=schedule,
+        iteration=3,
+        task="sample",
+        status="skipped",
+        started_at=now - timedelta(seconds=1),
+        finished_at=now,
+        reason="overran",
+        details={"slots": 1},
+    )
+
+    result = execute_iteration(schedule.pk, 3, trigger="restart")
+
+    skipped, ran = runs_of(schedule)
+    assert (skipped.iteration, skipped.status, skipped.details) == (3, "skipped", {"slots": 1})
+    assert (ran.iteration, ran.status, ran.trigger, ran.attempts) == (4, "succeeded", "restart", 1)
+    assert result["iteration"] == 4 and result["next_iteration"] == 5

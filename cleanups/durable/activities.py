@@ -157,6 +157,7 @@ def execute_iteration(
     run = _begin_run(schedule, iteration, part, trigger, triggered_by, plan_at)
     if isinstance(run, dict):
         return run  # another delivery ran it (or it timed out): its outcome, not a second run
+    iteration = run.iteration
     cleanup = CleanupContext(
         {}, dry_run=run.dry_run, run=run, deadline=_part_deadline(run.dry_run, deadline)
     )
@@ -381,6 +382,11 @@ def _begin_run(
                 "config": schedule.snapshot(),
             },
         )
+        if not created and run.status == Status.SKIPPED and part == 0:
+            # A slot recorded as missed (an older orchestration planned past it while this
+            # delivery waited): it stays so, and this run takes the next iteration.
+            iteration += 1
+            continue
         if created or _take_over(run, part, schedule.task):
             _advance_iteration(schedule, iteration)
             return run
