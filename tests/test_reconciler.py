@@ -232,3 +232,30 @@ def test_the_watchdog_trusts_only_the_stall_it_saw_itself(
     schedule.refresh_from_db()
     assert "made no progress" in schedule.status_reason
     assert is_live(durable_client, schedule)
+
+
+def test_a_paused_schedule_whose_orchestration_was_lost_leaves_no_run_waiting(
+    engine, make_schedule, reconciler
+):
+    """Its run failed once and waited for the retry the lost orchestration would have sent."""
+    schedule = make_schedule()
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="paused")
+    now = timezone.now()
+    beat = {"hostname": "other-host", "pid": 5, "started_at": now, "last_seen": now}
+    WorkerHeartbeat.objects.create(worker="other-host:5:alive", **beat)
+    for iteration, finished_at in [(1, now), (2, None)]:  # waiting for a retry; executing
+        CleanupRun.objects.create(
+            schedule=schedule,
+            iteration=iteration,
+            task="sample",
+            status="running",
+            started_at=now,
+            finished_at=finished_at,
+            worker="other-host:5:alive",
+        )
+
+    reconciler.reconcile()
+
+    waiting, executing = runs_of(schedule)
+    assert waiting.status == "interrupted" and "waited for a retry" in waiting.error
+    assert executing.status == "running"

@@ -116,7 +116,16 @@ class Reconciler:
                 self._agree_on_suspension(schedule, state)
                 continue
             if schedule.desired_state != CleanupSchedule.DesiredState.RUNNING:
-                continue  # paused with no orchestration: resuming starts one
+                # Paused with no orchestration: resuming starts one. A run that waited for a
+                # retry (or its next part) from the lost one waits for nothing now.
+                mark_interrupted(
+                    CleanupRun.objects.running().filter(
+                        schedule=schedule, finished_at__isnull=False
+                    ),
+                    "Its orchestration was lost (engine restarted) while the run waited for "
+                    "a retry or its next part.",
+                )
+                continue
             # Read again just before acting: an operator may have stopped it meanwhile.
             if not CleanupSchedule.objects.should_run().filter(pk=schedule.pk).exists():
                 continue
