@@ -35,7 +35,8 @@ depends on the machine), three threads act at once:
 
 A sampler reads every schedule's desired state, then the engine's states, twice a second. Then
 the system settles: no more faults or actions, all three workers running, at least 10 s, and
-until no run begun before settling is still ``running`` (at most ``--settle`` s more).
+until no run begun before settling is still ``running`` and no running schedule is overdue by
+more than the grace and slack (at most ``--settle`` s more).
 
 Invariants, each counted; 0 is the only pass. Times are the database's (planned_at, started_at,
 finished_at), this process's clock for actions and faults and the workers' log lines (one
@@ -842,7 +843,13 @@ def settle(bench: Bench, operator: threading.Thread) -> None:
     time.sleep(MIN_SETTLE)
     deadline = time.monotonic() + bench.args.settle
     while time.monotonic() < deadline:
-        if not CleanupRun.objects.running().filter(started_at__lt=bench.settle_started).exists():
+        # Settled: no run begun before settling still running, and no running schedule overdue
+        # (an engine restart just before the end leaves a recovery to finish).
+        overdue = CleanupSchedule.objects.should_run().filter(
+            next_run_at__lt=timezone.now() - TOLERANCE
+        )
+        begun = CleanupRun.objects.running().filter(started_at__lt=bench.settle_started)
+        if not begun.exists() and not overdue.exists():
             break
         time.sleep(0.5)
 

@@ -21,6 +21,7 @@ from durabletask import client as dt_client
 from durabletask.internal import orchestrator_service_pb2 as pb
 
 from cleanups.cadence import UncomputableRun
+from cleanups.durable.activities import record_overdue_slots
 from cleanups.durable.connection import get_client
 from cleanups.durable.orchestrations import RUN_NOW_EVENT
 from cleanups.models import INSTANCE_ID_PREFIX, CleanupSchedule
@@ -162,7 +163,9 @@ def end_orchestration(
 
 def terminate_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     """Mark the schedule stopped and terminate its orchestration if it is live."""
+    before = CleanupSchedule.objects.filter(pk=schedule.pk).first() or schedule
     _new_generation(schedule, desired_state=CleanupSchedule.DesiredState.STOPPED, next_run_at=None)
+    record_overdue_slots(before)
     try:
         with engine_call():
             client, state = _engine_state(schedule)
@@ -243,6 +246,7 @@ def pause_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     """Suspend the schedule's orchestration; it keeps its place and resumes where it was."""
     if schedule.desired_state == CleanupSchedule.DesiredState.STOPPED:
         return ControlOutcome(schedule, Outcome.NOT_RUNNING, f"“{schedule}” is not running.")
+    record_overdue_slots(CleanupSchedule.objects.filter(pk=schedule.pk).first() or schedule)
     now = timezone.now()
     CleanupSchedule.objects.filter(pk=schedule.pk).update(
         desired_state=CleanupSchedule.DesiredState.PAUSED,
@@ -318,9 +322,11 @@ def restart_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     if refused := _refuse_if_it_cannot_run(schedule):
         return refused
     # next_run_at now: a reconciler pass that starts this generation first runs it at once too.
+    before = CleanupSchedule.objects.filter(pk=schedule.pk).first() or schedule
     _new_generation(
         schedule, desired_state=CleanupSchedule.DesiredState.RUNNING, next_run_at=timezone.now()
     )
+    record_overdue_slots(before)
     try:
         with engine_call():
             client, state = _engine_state(schedule)

@@ -493,3 +493,65 @@ def test_a_run_never_overwrites_a_slot_recorded_as_missed(make_schedule):
     assert (skipped.iteration, skipped.status, skipped.details) == (3, "skipped", {"slots": 1})
     assert (ran.iteration, ran.status, ran.trigger, ran.attempts) == (4, "succeeded", "restart", 1)
     assert result["iteration"] == 4 and result["next_iteration"] == 5
+
+
+def overdue(make_schedule, seconds: float = 5):
+    """Running, its next run planned ``seconds`` ago and nothing run for it: its worker, or the
+    engine, was down."""
+    schedule = make_schedule(interval=timedelta(seconds=1))
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(
+        desired_state="running",
+        current_iteration=2,
+        next_run_at=timezone.now() - timedelta(seconds=seconds),
+    )
+    schedule.refresh_from_db()
+    return schedule
+
+
+@pytest.mark.parametrize("action", ["pause", "terminate", "restart"])
+def test_an_action_on_an_overdue_schedule_records_the_slots_it_missed(
+    worker, durable_client, make_schedule, action
+):
+    schedule = overdue(make_schedule)
+    planned = schedule.next_run_at
+
+    {
+        "pause": control.pause_schedule,
+        "terminate": control.terminate_schedule,
+        "restart": control.restart_schedule,
+    }[action](schedule)
+
+    skipped = run_of(schedule, iteration=3)
+    assert (skipped.status, skipped.reason, skipped.started_at) == (
+        "skipped",
+        "worker down",
+        planned,
+    )
+    assert skipped.details["slots"] >= 5
+    if action == "restart":  # the fresh orchestration's first run comes after it
+        ran = wait_until(lambda: run_of(schedule, iteration=4, status="succeeded"))
+        assert ran.trigger == "restart"
+
+
+def test_an_action_on_a_schedule_whose_run_executes_records_nothing(make_schedule):
+    schedule = overdue(make_schedule)
+    CleanupRun.objects.create(
+        schedule=schedule,
+        iteration=3,
+        task="sample",
+        status="running",
+        planned_at=schedule.next_run_at,
+        started_at=timezone.now(),
+    )
+
+    control.terminate_schedule(schedule)
+
+    assert [(r.iteration, r.status) for r in runs_of(schedule)] == [(3, "running")]
+
+
+def test_an_action_within_the_grace_records_nothing(engine, make_schedule):
+    schedule = overdue(make_schedule, seconds=0.5)
+
+    control.terminate_schedule(schedule)
+
+    assert runs_of(schedule) == []

@@ -296,6 +296,34 @@ def _handle_missed_slots(
     }
 
 
+def record_overdue_slots(schedule: CleanupSchedule) -> CleanupRun | None:
+    """Before an operator pauses, restarts or terminates a running schedule: if its planned run
+    is overdue past the grace and nothing ran for it (its worker or the engine was down), the
+    slots missed so far become a skipped row, as the run would have recorded on arrival. The
+    schedule is the one read before the action."""
+    planned = schedule.next_run_at
+    now = timezone.now()
+    if (
+        schedule.desired_state != CleanupSchedule.DesiredState.RUNNING
+        or planned is None
+        or now - planned <= rule_grace()
+    ):
+        return None
+    newest = schedule.runs.order_by("-iteration").first()
+    if newest is not None and (
+        newest.status == Status.RUNNING
+        or (newest.planned_at is not None and newest.planned_at >= planned)
+    ):
+        return None  # it runs, or ran and is planning the next
+    try:
+        slots = 1 + schedule.cadence_rule().slots_between(planned, now)
+    except UncomputableRun:
+        return None
+    iteration = schedule.next_iteration()
+    reason = _why_missed(schedule, iteration, planned)
+    return _record_skipped(schedule, iteration, slots, reason, planned, now)
+
+
 def _record_skipped(
     schedule: CleanupSchedule,
     iteration: int,
