@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -49,6 +50,12 @@ _MESSAGE_LEVELS = {
     Outcome.RESUMED: messages.SUCCESS,
     Outcome.RUN_REQUESTED: messages.SUCCESS,
 }
+
+
+# Up to this many selected schedules, each gets its own outcome message (one engine call each,
+# in the request); more go the bulk way: one UPDATE, one message, the engine calls in the
+# background.
+ONE_BY_ONE = 20
 
 
 def start_schedules(queryset: QuerySet[CleanupSchedule]) -> list[ControlOutcome]:
@@ -358,37 +365,56 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
             schedule.get_runs_url(),
         )
 
-    def _report(self, request: HttpRequest, outcomes: list[ControlOutcome]) -> None:
-        for outcome in outcomes:
-            self.message_user(request, outcome.message, level=_MESSAGE_LEVELS[outcome.outcome])
+    def _act(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[CleanupSchedule],
+        one_by_one: Callable[[QuerySet[CleanupSchedule]], list[ControlOutcome]],
+        bulk: Callable[[QuerySet[CleanupSchedule]], control.BulkOutcome],
+    ) -> None:
+        """A few schedules: each one's outcome. Many (a page, or "select all"): one statement,
+        one message, and the list shows each schedule as it comes up."""
+        if queryset.count() <= ONE_BY_ONE:
+            for outcome in one_by_one(queryset):
+                self.message_user(request, outcome.message, level=_MESSAGE_LEVELS[outcome.outcome])
+            return
+        done = bulk(queryset)
+        level = messages.WARNING if done.refused else messages.SUCCESS
+        self.message_user(request, done.message, level=level)
 
     @admin.action(description="Start selected schedules", permissions=["change"])
     def start_schedules(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
-        self._report(request, start_schedules(queryset))
+        self._act(request, queryset, start_schedules, control.start_schedules)
 
     @admin.action(description="Pause selected schedules", permissions=["change"])
     def pause_schedules(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
-        self._report(request, pause_schedules(queryset))
+        self._act(request, queryset, pause_schedules, control.pause_schedules)
 
     @admin.action(description="Resume selected schedules", permissions=["change"])
     def resume_schedules(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
-        self._report(request, resume_schedules(queryset))
+        self._act(request, queryset, resume_schedules, control.resume_schedules)
 
     @admin.action(description="Run selected schedules now (once, extra)", permissions=["change"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
-        self._report(request, run_schedules_now(queryset, request.user.get_username()))
+        user = request.user.get_username()
+        self._act(
+            request,
+            queryset,
+            lambda q: run_schedules_now(q, user),
+            lambda q: control.run_schedules_now(q, user),
+        )
 
     @admin.action(
         description="Restart selected schedules (fresh orchestration)", permissions=["change"]
     )
     def restart_schedules(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
-        self._report(request, restart_schedules(queryset))
+        self._act(request, queryset, restart_schedules, control.restart_schedules)
 
     @admin.action(description="Terminate selected schedules", permissions=["change"])
     def terminate_schedules(
         self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]
     ) -> None:
-        self._report(request, terminate_schedules(queryset))
+        self._act(request, queryset, terminate_schedules, control.terminate_schedules)
 
 
 @admin.register(CleanupRun)

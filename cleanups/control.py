@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterable, Iterator
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
-from django.db.models import F
+from django.conf import settings
+from django.db import connections
+from django.db.models import Case, F, OuterRef, QuerySet, Subquery, Value, When
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 from durabletask import client as dt_client
 from durabletask.internal import orchestrator_service_pb2 as pb
@@ -24,7 +31,12 @@ from cleanups.cadence import UncomputableRun
 from cleanups.durable.activities import record_overdue_slots
 from cleanups.durable.connection import get_client
 from cleanups.durable.orchestrations import RUN_NOW_EVENT
-from cleanups.models import INSTANCE_ID_PREFIX, CleanupSchedule
+from cleanups.models import INSTANCE_ID_PREFIX, CleanupRun, CleanupSchedule
+
+logger = logging.getLogger("cleanups.control")
+RUNNING = CleanupSchedule.DesiredState.RUNNING
+PAUSED = CleanupSchedule.DesiredState.PAUSED
+STOPPED = CleanupSchedule.DesiredState.STOPPED
 
 ORCHESTRATION_NAME = "periodic_cleanup"
 Status = dt_client.OrchestrationStatus
@@ -412,3 +424,279 @@ def _set_desired_state(schedule: CleanupSchedule, desired: str) -> None:
         schedule.next_run_at = None
         fields["next_run_at"] = None
     CleanupSchedule.objects.filter(pk=schedule.pk).update(**fields)
+
+
+# --- Fleets: one statement for the desired state, the engine calls on a bounded pool ---------
+#
+# An action on thousands of schedules must answer at once: the request writes what the operator
+# asked for in one UPDATE and returns; a small pool of threads makes the engine calls. Whatever
+# the pool does not finish (the process stops, the engine is away), the worker's reconciler does
+# from the desired state, as after any other action.
+
+BULK_ENGINE_THREADS = 8
+_BULK_CHUNK = 50
+_engine_pool = ThreadPoolExecutor(
+    max_workers=BULK_ENGINE_THREADS, thread_name_prefix="cleanups-bulk"
+)
+_in_flight: set[Future[None]] = set()
+_in_flight_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class BulkOutcome:
+    """What a bulk action did: how many schedules it applies to and one line for the operator."""
+
+    changed: int
+    unchanged: int
+    message: str
+    refused: int = 0
+
+
+def wait_for_bulk_engine_calls(timeout: float | None = None) -> bool:
+    """Wait until the pool has made every engine call handed to it; False on timeout."""
+    with _in_flight_lock:
+        pending = set(_in_flight)
+    _, not_done = futures_wait(pending, timeout=timeout)
+    return not not_done
+
+
+def _in_background(
+    pks: list[int], call: Callable[[CleanupSchedule], object], state: str, new_generation: bool
+) -> None:
+    """``call`` for each schedule, on the pool, as long as it is still as the action left it
+    (``state``, and the generation it wrote): a later action supersedes this one."""
+    generations = (
+        dict(CleanupSchedule.objects.filter(pk__in=pks).values_list("pk", "generation"))
+        if new_generation
+        else None
+    )
+    for start in range(0, len(pks), _BULK_CHUNK):
+        chunk = pks[start : start + _BULK_CHUNK]
+        future = _engine_pool.submit(_engine_calls, chunk, call, state, generations)
+        with _in_flight_lock:
+            _in_flight.add(future)
+        future.add_done_callback(_forget)
+
+
+def _forget(future: Future[None]) -> None:
+    with _in_flight_lock:
+        _in_flight.discard(future)
+
+
+def _engine_calls(
+    pks: list[int],
+    call: Callable[[CleanupSchedule], object],
+    state: str,
+    generations: dict[int, int] | None,
+) -> None:
+    try:
+        for schedule in CleanupSchedule.objects.filter(pk__in=pks, desired_state=state):
+            if generations is not None and schedule.generation != generations.get(schedule.pk):
+                continue
+            try:
+                call(schedule)
+            except EngineUnavailable:
+                return  # the reconciler acts on the desired state once the engine is back
+            except Exception:  # one schedule's failure must not stop the others'
+                logger.exception("bulk action: engine call for %s failed", schedule)
+    finally:
+        connections.close_all()
+
+
+def _plural(count: int, what: str) -> str:
+    return f"{count:,} {what}{'' if count == 1 else 's'}"
+
+
+def _summary(parts: list[tuple[int, str]]) -> str:
+    said = [f"{_plural(count, 'schedule')} {verb}" for count, verb in parts if count]
+    return "; ".join(said) + "." if said else "Nothing to do."
+
+
+def _overdue(queryset: QuerySet[CleanupSchedule]) -> list[CleanupSchedule]:
+    """Running schedules whose planned run is overdue (read before an action changes them)."""
+    cutoff = timezone.now() - timedelta(seconds=settings.MISSED_RUN_GRACE_SECONDS)
+    return list(queryset.filter(desired_state=RUNNING, next_run_at__lt=cutoff))
+
+
+def _next_iterations() -> Any:
+    newest = Subquery(
+        CleanupRun.objects.filter(schedule=OuterRef("pk"))
+        .order_by("-iteration")
+        .values("iteration")[:1]
+    )
+    return Greatest(F("current_iteration"), Coalesce(newest, Value(0))) + 1
+
+
+def _split_refused(
+    schedules: list[CleanupSchedule],
+) -> tuple[list[CleanupSchedule], list[CleanupSchedule]]:
+    """Those that can run, and those stopped (with why) because their next run cannot be
+    computed."""
+    fine, refused = [], []
+    for schedule in schedules:
+        (refused if _refuse_if_it_cannot_run(schedule) else fine).append(schedule)
+    return fine, refused
+
+
+def start_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
+    """Start every stopped schedule afresh (as start_schedule), resume every paused one."""
+    selected = list(queryset.all())  # .all(): never a result cache from before
+    paused = [s.pk for s in selected if s.desired_state == PAUSED]
+    stopped, refused = _split_refused([s for s in selected if s.desired_state == STOPPED])
+    generation_before = {s.pk: s.generation for s in stopped}
+    now = timezone.now()
+    fresh = {
+        "desired_state": RUNNING,
+        "generation": F("generation") + 1,
+        "start_iteration": _next_iterations(),
+        "status_reason": "",
+        "recover_attempts": 0,
+        "recovering_since": None,
+    }
+    by_interval = [s.pk for s in stopped if s.cadence != CleanupSchedule.Cadence.CRON]
+    first = Case(When(start_at__gt=now, then=F("start_at")), default=Value(now))
+    CleanupSchedule.objects.filter(pk__in=by_interval, desired_state=STOPPED).update(
+        next_run_at=first, anchor_at=first, **fresh
+    )
+    for schedule in stopped:
+        if schedule.cadence == CleanupSchedule.Cadence.CRON:  # its first time, one by one
+            first_run = _first_run(schedule)
+            CleanupSchedule.objects.filter(pk=schedule.pk, desired_state=STOPPED).update(
+                next_run_at=first_run, anchor_at=first_run, **fresh
+            )
+    # Those this action started (not one that another started meanwhile):
+    after = CleanupSchedule.objects.filter(pk__in=generation_before, desired_state=RUNNING)
+    started_pks = [
+        pk
+        for pk, generation in after.values_list("pk", "generation")
+        if generation == generation_before[pk] + 1
+    ]
+    started = len(started_pks)
+    _in_background(started_pks, lambda s: _start_generation(s, trigger="scheduled"), RUNNING, True)
+    resumed = resume_schedules(CleanupSchedule.objects.filter(pk__in=paused)).changed
+    already = len(selected) - started - resumed - len(refused)
+    message = _summary([(started, "starting"), (resumed, "resuming"), (already, "already running")])
+    if refused:
+        message += f" {_plural(len(refused), 'schedule')} cannot run (see each one's status)."
+    return BulkOutcome(started + resumed, already, message, len(refused))
+
+
+def pause_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
+    """Pause every running or paused schedule; each keeps its place."""
+    live = queryset.exclude(desired_state=STOPPED)
+    overdue = _overdue(live)
+    pks = list(live.values_list("pk", flat=True))
+    paused = CleanupSchedule.objects.filter(pk__in=pks).update(
+        desired_state=PAUSED, paused_at=timezone.now(), status_reason="Paused by an operator."
+    )
+    for schedule in overdue:
+        record_overdue_slots(schedule)
+    _in_background(pks, _suspend, PAUSED, False)
+    unchanged = queryset.count() - paused
+    return BulkOutcome(
+        paused, unchanged, _summary([(paused, "pausing"), (unchanged, "not running")])
+    )
+
+
+def resume_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
+    """Resume every paused schedule; slots missed while paused follow each one's policy."""
+    paused, refused = _split_refused(list(queryset.filter(desired_state=PAUSED)))
+    pks = [s.pk for s in paused]
+    resumed = CleanupSchedule.objects.filter(pk__in=pks, desired_state=PAUSED).update(
+        desired_state=RUNNING,
+        resumed_at=timezone.now(),
+        status_reason="",
+        consecutive_failures=0,
+        failure_notified=False,
+    )
+    _in_background(pks, _resume_or_start, RUNNING, False)
+    unchanged = queryset.count() - resumed - len(refused)
+    return BulkOutcome(
+        resumed,
+        unchanged,
+        _summary([(resumed, "resuming"), (unchanged, "not paused")]),
+        len(refused),
+    )
+
+
+def terminate_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
+    """Stop every selected schedule and end its orchestration."""
+    overdue = _overdue(queryset)
+    pks = list(queryset.values_list("pk", flat=True))
+    was_alive = CleanupSchedule.objects.filter(pk__in=pks).exclude(desired_state=STOPPED).count()
+    CleanupSchedule.objects.filter(pk__in=pks).update(
+        desired_state=STOPPED, next_run_at=None, generation=F("generation") + 1
+    )
+    for schedule in overdue:
+        record_overdue_slots(schedule)
+    _in_background(pks, _terminate, STOPPED, True)
+    unchanged = len(pks) - was_alive
+    return BulkOutcome(
+        was_alive, unchanged, _summary([(was_alive, "terminating"), (unchanged, "not running")])
+    )
+
+
+def restart_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
+    """Terminate and start afresh every selected schedule (the count going on)."""
+    fine, refused = _split_refused(list(queryset.all()))
+    overdue = {
+        s.pk: s for s in _overdue(CleanupSchedule.objects.filter(pk__in=[s.pk for s in fine]))
+    }
+    pks = [s.pk for s in fine]
+    restarted = CleanupSchedule.objects.filter(pk__in=pks).update(
+        desired_state=RUNNING, next_run_at=timezone.now(), generation=F("generation") + 1
+    )
+
+    def restart(schedule: CleanupSchedule) -> None:
+        if schedule.pk in overdue:
+            record_overdue_slots(overdue[schedule.pk])
+        with engine_call():
+            client, state = _engine_state(schedule)
+            live = state is not None and state.runtime_status in LIVE_STATUSES
+            if live and live_generation(client, schedule) != schedule.generation:
+                end_orchestration(client, schedule, "restarted by operator")
+        start_orchestration(schedule, trigger="restart")
+
+    _in_background(pks, restart, RUNNING, True)
+    return BulkOutcome(restarted, 0, _summary([(restarted, "restarting")]), len(refused))
+
+
+def run_schedules_now(queryset: QuerySet[CleanupSchedule], user: str = "") -> BulkOutcome:
+    """One extra run of every running schedule, recorded as manual by ``user``."""
+    pks = list(queryset.filter(desired_state=RUNNING).values_list("pk", flat=True))
+
+    def ask(schedule: CleanupSchedule) -> None:
+        with engine_call():
+            get_client().raise_orchestration_event(
+                schedule.instance_id, RUN_NOW_EVENT, data={"by": user}
+            )
+
+    _in_background(pks, ask, RUNNING, False)
+    unchanged = queryset.count() - len(pks)
+    message = _summary([(len(pks), "running once now"), (unchanged, "not running")])
+    return BulkOutcome(len(pks), unchanged, message)
+
+
+def _suspend(schedule: CleanupSchedule) -> None:
+    with engine_call():
+        client, state = _engine_state(schedule)
+        if state is not None and state.runtime_status in LIVE_STATUSES:
+            client.suspend_orchestration(schedule.instance_id, reason="paused by operator")
+
+
+def _resume_or_start(schedule: CleanupSchedule) -> None:
+    with engine_call():
+        client, state = _engine_state(schedule)
+        if state is not None and state.runtime_status in LIVE_STATUSES:
+            client.resume_orchestration(schedule.instance_id, reason="resumed by operator")
+        else:
+            start_orchestration(schedule)
+
+
+def _terminate(schedule: CleanupSchedule) -> None:
+    with engine_call():
+        client, state = _engine_state(schedule)
+        if state is not None and state.runtime_status in LIVE_STATUSES:
+            client.terminate_orchestration(
+                schedule.instance_id, output="terminated by operator", recursive=False
+            )
