@@ -1171,6 +1171,7 @@ def check_missed_slots(bench: Bench, runs: list[Run]) -> list[str]:
         walk = Walk()
         previous: Run | None = None
         index = 0
+        applied: Action | None = None
         for record in [*grid.get(pk, []), None]:
             moment = end if record is None else record.decided
             # A skipped row covers the gap before it, however late it was written.
@@ -1185,6 +1186,7 @@ def check_missed_slots(bench: Bench, runs: list[Run]) -> list[str]:
                     found.append(gap(bench, pk, previous, walk.deadline, action.at, what))
                     walk.deadline = None
                 apply(bench, action, walk)
+                applied = action
             if record is None:
                 if walk.state == RUNNING and walk.deadline and walk.deadline < end:
                     what = "still nothing when the bench ended (settled)"
@@ -1198,6 +1200,10 @@ def check_missed_slots(bench: Bench, runs: list[Run]) -> list[str]:
                     what = f"then {describe(bench, record)}"
                     found.append(gap(bench, pk, previous, walk.deadline, record.started_at, what))
             previous = record
+            if covered and applied is not None and applied.at <= record.decided <= applied.end:
+                # Written by the action itself (an overdue run's slots, recorded by a pause,
+                # restart or terminate): the action, not this row, says what is due next.
+                continue
             if record.status == Status.RUNNING or record.finished_at is None:
                 walk.due = walk.deadline = None  # still running: left_running says so
             else:
