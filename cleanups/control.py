@@ -266,6 +266,7 @@ def pause_schedule(schedule: CleanupSchedule) -> ControlOutcome:
         status_reason="Paused by an operator.",
     )
     schedule.desired_state = CleanupSchedule.DesiredState.PAUSED
+    _interrupt_waiting_runs([schedule.pk])
     try:
         with engine_call():
             client, state = _engine_state(schedule)
@@ -591,6 +592,7 @@ def pause_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
     )
     for schedule in overdue:
         record_overdue_slots(schedule)
+    _interrupt_waiting_runs(pks)
     _in_background(pks, _suspend, PAUSED, False)
     unchanged = queryset.count() - paused
     return BulkOutcome(
@@ -675,6 +677,15 @@ def run_schedules_now(queryset: QuerySet[CleanupSchedule], user: str = "") -> Bu
     unchanged = queryset.count() - len(pks)
     message = _summary([(len(pks), "running once now"), (unchanged, "not running")])
     return BulkOutcome(len(pks), unchanged, message)
+
+
+def _interrupt_waiting_runs(pks: list[int]) -> None:
+    """A run between two attempts (or two parts) goes on only when its schedule is resumed: it
+    is not running meanwhile. Its record is reused when it does go on."""
+    CleanupRun.objects.running().filter(schedule__in=pks, finished_at__isnull=False).update(
+        status=CleanupRun.Status.INTERRUPTED,
+        error="Paused while it waited for a retry or its next part; it goes on when resumed.",
+    )
 
 
 def _suspend(schedule: CleanupSchedule) -> None:

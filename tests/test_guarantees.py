@@ -14,6 +14,7 @@ from durabletask.testing import InMemoryOrchestrationBackend
 
 from cleanups import control
 from cleanups.control import Outcome
+from cleanups.durable import activities
 from cleanups.durable.activities import execute_iteration, worker_id
 from cleanups.durable.connection import build_worker, engine_config, get_client
 from cleanups.durable.reconciler import Reconciler
@@ -555,3 +556,23 @@ def test_an_action_within_the_grace_records_nothing(engine, make_schedule):
     control.terminate_schedule(schedule)
 
     assert runs_of(schedule) == []
+
+
+def test_a_pause_between_two_attempts_leaves_no_run_running_and_resume_goes_on(
+    worker, durable_client, make_schedule, monkeypatch
+):
+    """Paused right after a failed attempt: the run waits for nothing while paused (not
+    "running" for as long as the pause lasts); resumed, its retry reuses the record."""
+    monkeypatch.setattr(activities, "RETRY_FIRST_SECONDS", 3.0)  # the pause comes first
+    schedule = make_schedule(params={"seconds": "x"}, max_retries=1, interval=timedelta(hours=1))
+    schedule.start()
+    waiting = wait_until(lambda: run_of(schedule, iteration=1, finished_at__isnull=False))
+    assert waiting.status == "running"  # its first attempt failed; the retry comes in 1 s
+
+    control.pause_schedule(schedule)
+
+    paused = run_of(schedule, iteration=1)
+    assert paused.status == "interrupted" and "goes on when resumed" in paused.error
+    control.resume_schedule(schedule)
+    done = wait_until(lambda: run_of(schedule, iteration=1, status="failed"))
+    assert done.attempts == 2
