@@ -16,12 +16,14 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
 from durabletask import client as dt_client
 from durabletask import task
 from durabletask import worker as dt_worker
 from durabletask.internal import helpers as dt_helpers
 from durabletask.internal import orchestrator_service_pb2 as pb
+from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from durabletask.testing import InMemoryOrchestrationBackend, in_memory_backend
 
 from cleanups.durable.connection import EmbeddedEngine, build_client, build_worker, engine_config
@@ -68,6 +70,8 @@ def test_the_sdk_backend_keeps_the_state_the_engine_uses():
     assert isinstance(backend._shutdown_event, threading.Event)
     assert isinstance(backend._port, int)
     assert backend._server is None
+    assert isinstance(backend._next_completion_token, int)
+    assert isinstance(backend._orchestration_in_flight, set)
     instance_fields = {f.name for f in dataclasses.fields(in_memory_backend.OrchestrationInstance)}
     assert {
         "instance_id",
@@ -338,6 +342,42 @@ def test_a_second_resume_does_not_fail_the_orchestration(backend, sdk_worker, cl
     else:  # the SDK's executor fails on the resume it is not suspended for
         assert state.runtime_status == Status.FAILED
         assert "executionResumed" in state.failure_details.message
+
+
+class ShortLeaseEngine(EmbeddedEngine):
+    ORCHESTRATION_LEASE_SECONDS = 1.0
+
+
+def add_one(ctx: task.OrchestrationContext, value: int) -> Any:
+    return value + 1
+    yield  # an orchestrator is a generator
+
+
+def test_a_step_held_by_a_worker_that_stopped_processing_is_delivered_again(engine_port):
+    """A worker whose stream stays open but that never completes what it took (wedged) does
+    not hold the instance for ever: past the lease, another worker gets the step."""
+    backend = ShortLeaseEngine(port=engine_port)
+    backend.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{engine_port}")
+    try:
+        wedged = stubs.TaskHubSidecarServiceStub(channel).GetWorkItems(pb.GetWorkItemsRequest())
+        client = build_client(engine_config())
+        instance_id = client.schedule_new_orchestration(add_one, input=41)
+        taken = next(wedged)  # the wedged worker takes the step, and does nothing with it
+        assert taken.orchestratorRequest.instanceId == instance_id
+        worker = build_worker(engine_config())
+        worker.add_orchestrator(add_one)
+        worker.start()
+        try:
+            state = client.wait_for_orchestration_completion(instance_id, timeout=20)
+        finally:
+            worker.stop()
+    finally:
+        channel.close()
+        backend.stop(grace=0.5)
+
+    assert state is not None and state.runtime_status == Status.COMPLETED
+    assert state.get_output() == 42
 
 
 # Scale: one thread serves every timer.

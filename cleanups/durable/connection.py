@@ -203,9 +203,17 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
     replaced or continued-as-new execution left pending would complete the new one's task early.
     """
 
+    # An orchestration step takes milliseconds; one a worker holds longer than this is taken
+    # back and delivered again (a worker whose stream lives on but that stopped processing would
+    # otherwise hold it for ever), as a real engine's work-item lock expires.
+    ORCHESTRATION_LEASE_SECONDS = 30.0
+
     def __init__(self, port: int) -> None:
         super().__init__(port=port)
         self._timers = _TimerHeap(self._fire_timer)
+        # Orchestration steps handed to a worker: work item -> when (monotonic clock).
+        self._leases: dict[str, tuple[pb.WorkItem, float]] = {}
+        self._lease_sweeper: threading.Thread | None = None
         self._executions: dict[str, _Execution] = {}
         # One sequence for every instance, so a purged and recreated instance never reuses one.
         self._generation_sequence = itertools.count(1)
@@ -236,17 +244,27 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
         self._server = server
         server.start()
         self._timers.start()
+        self._lease_sweeper = threading.Thread(
+            target=self._sweep_leases, name="embedded-engine-leases", daemon=True
+        )
+        self._lease_sweeper.start()
         return address
 
     def stop(self, grace: float | None = None) -> None:
         super().stop(grace)
-        self._timers.stop()  # pending timers stay queued for a start() again; reset() drops them
+        self._timers.stop()
+        if self._lease_sweeper is not None:
+            self._lease_sweeper.join()  # it ends with the shutdown event
+            self._lease_sweeper = (
+                None  # pending timers stay queued for a start() again; reset() drops them
+            )
 
     def reset(self) -> None:
         with self._lock:
             super().reset()
             self._executions.clear()
             self._timers.clear()
+            self._leases.clear()
 
     @property
     def pending_timers(self) -> int:
@@ -377,9 +395,11 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
         held: list[pb.WorkItem] = []
         try:
             for work_item in super().GetWorkItems(request, context):
-                if work_item.HasField("activityRequest"):
-                    with self._lock:
+                with self._lock:
+                    if work_item.HasField("activityRequest"):
                         self._activities_out.add(_activity_key(work_item))
+                    elif work_item.HasField("orchestratorRequest"):
+                        self._leases[work_item.completionToken] = (work_item, time.monotonic())
                 held.append(work_item)
                 if len(held) > 1000:  # a long-lived stream: forget what was completed
                     with self._lock:
@@ -387,6 +407,35 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
                 yield work_item
         finally:
             self._take_back(held)
+
+    def _sweep_leases(self) -> None:
+        period = min(5.0, self.ORCHESTRATION_LEASE_SECONDS / 4)
+        while not self._shutdown_event.wait(period):
+            self._expire_leases()
+
+    def _expire_leases(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for token, (work_item, since) in list(self._leases.items()):
+                if not self._outstanding(work_item):
+                    del self._leases[token]
+                elif now - since > self.ORCHESTRATION_LEASE_SECONDS:
+                    del self._leases[token]
+                    instance_id = work_item.orchestratorRequest.instanceId
+                    self.AbandonTaskOrchestratorWorkItem(
+                        pb.AbandonOrchestrationTaskRequest(completionToken=token), None
+                    )
+                    # A late completion by the worker that held it must not count.
+                    instance = self._instances.get(instance_id)
+                    if instance is not None:
+                        instance.completion_token = self._next_completion_token
+                        self._next_completion_token += 1
+                    _ENGINE_LOGGER.warning(
+                        "Delivering a step of %r again: its worker held it %.0f s without "
+                        "completing it.",
+                        instance_id,
+                        now - since,
+                    )
 
     def _outstanding(self, work_item: pb.WorkItem) -> bool:
         """Handed out and not completed (call with the lock held)."""
