@@ -1,0 +1,60 @@
+"""bench/faults.py, short: workers killed, the engine stopped and restarted, operators acting;
+every guarantee must hold (0 violations). The seed is random and printed, FAULTS_SEED replays it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+SECONDS = 45
+SCHEDULES = 20
+
+
+@pytest.mark.subprocess
+def test_every_guarantee_holds_under_faults(tmp_path):
+    seed = os.environ.get("FAULTS_SEED") or str(random.randrange(1_000_000))
+    # Its own throwaway database under tmp_path, whatever the shell or the test run points at.
+    ignored = {"DATABASE_URL", "DJANGO_SETTINGS_MODULE", "BENCH_DATABASE_URL"}
+    env = {key: value for key, value in os.environ.items() if key not in ignored}
+    env["TMPDIR"] = str(tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bench/faults.py",
+            *("--seconds", str(SECONDS), "--schedules", str(SCHEDULES)),
+            *("--settle", "15", "--seed", seed),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SECONDS + 240,
+    )
+    output = (
+        f"exit status {result.returncode}, seed {seed} (FAULTS_SEED={seed} replays it)\n"
+        f"{result.stdout}\n--- stderr, its end ---\n{result.stderr[-4000:]}"
+    )
+    found = dict(
+        line.split(" ", 1)
+        for line in result.stdout.splitlines()
+        if line.startswith(("VIOLATIONS ", "SUMMARY "))
+    )
+    assert {"VIOLATIONS", "SUMMARY"} <= found.keys(), f"the bench did not finish:\n{output}"
+    violations = json.loads(found["VIOLATIONS"])
+    summary = json.loads(found["SUMMARY"])
+
+    # It did what it says: runs, faults, operator actions and page views.
+    assert summary["runs"] and summary["actions"] and summary["web_requests"], output
+    assert sum(summary["faults"].values()), output
+    assert None not in violations.values(), f"a guarantee was not measured\n{output}"
+    violated = {key: count for key, count in violations.items() if count}
+    assert not violated, f"guarantees violated: {violated}\n{output}"
+    assert result.returncode == 0, output
+    assert list(tmp_path.iterdir()) == []  # the bench's temporary directory is gone
