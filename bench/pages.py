@@ -1,6 +1,7 @@
-"""Benchmark: the run-history pages at 1,000 runs and at 1,000,000 runs (1,000 schedules), SQLite.
+"""Benchmark: the pages at 1,000 runs and at 1,000,000 runs (1,000 schedules), SQLite.
 
     .venv/bin/python bench/pages.py [--schedules 1000] [--runs 1000000] [--repeat 7]
+    .venv/bin/python bench/pages.py --schedules 10000 --runs 1000000   # a fleet
 
 (from the project root; it uses bench.settings, whatever DJANGO_SETTINGS_MODULE or DATABASE_URL
 say, and leaves nothing behind). SQLite by default; on PostgreSQL with
@@ -18,7 +19,10 @@ in all (about ``--runs / --schedules`` per schedule, iterations 1..N per schedul
 the order a growing table gets them: oldest first, the schedules interleaved, so started_at
 rises with the primary key. The runs are spread over the last 60 days, the newest few within
 the last 24 hours; statuses are a fixed pseudo-random mix of succeeded, failed, skipped and
-interrupted. Every page is timed again.
+interrupted; every run but a skipped one has a planned time, 5 to 50 ms before its start (one
+in fifty up to 2 s), so the dashboard's p99 lateness has runs to read. One running schedule in
+fifty is late (its next run overdue) and one in a hundred recovering, so the dashboard's
+"needs attention first" order has more than the failing ones to sort. Every page is timed again.
 
 Timing. Each page is requested through django.test.Client as the superuser (force_login): one
 warm-up request (which must answer 200), then ``--repeat`` timed requests, of which the median
@@ -26,9 +30,15 @@ counts; one more request under CaptureQueriesContext counts its SQL queries. The
 running: the client points at a closed local port, so pages take their "engine unreachable"
 path at once (a refused connection), and ENGINE_CALL_TIMEOUT is short in case it were not.
 
+The dashboard is timed three ways: ``/``, ``status.json`` as its first refresh asks (every row)
+and ``status.json ?since=`` as every later one asks (with the token of the previous answer:
+the data stands still, so it sends the totals and hardly a row, only one whose "4 minutes ago"
+has turned 5).
+
 Target: no page more than 2x slower at the large size than at the small one, and the same
-number of SQL queries at both. For every page that misses it, the report names the page's
-slowest query at the large size with SQLite's EXPLAIN QUERY PLAN.
+number of SQL queries at both; the dashboard's pages, at most DASHBOARD_TARGET_MS at the large
+size, whatever the number of schedules. For every page that misses it, the report names the
+page's slowest query at the large size with SQLite's EXPLAIN QUERY PLAN.
 
 Stdout is only the Markdown report; progress goes to stderr.
 """
@@ -82,6 +92,8 @@ from django.utils import timezone
 from cleanups.models import INSTANCE_ID_PREFIX, CleanupRun, CleanupSchedule
 
 TARGET_RATIO = 2.0
+DASHBOARD_TARGET_MS = 150.0
+DASHBOARD_PAGES = ("dashboard /", "status.json", "status.json ?since=")
 FULL_PAGE = 100  # the schedule page's chart draws 100 runs; a run-history page shows 50
 DAYS = 60
 CHUNK = 50_000  # runs per executemany transaction
@@ -133,6 +145,8 @@ def fill_schedules(count: int, now: datetime) -> None:
         for pk in range(1, count + 1):
             task, params = TASKS[pk % len(TASKS)]
             state = "paused" if pk % 10 == 0 else "running"
+            # Late: its next run overdue and not begun (its newest run was planned before).
+            late = state == "running" and pk % 50 == 7
             yield (
                 pk,
                 f"schedule {pk:06}",
@@ -143,7 +157,7 @@ def fill_schedules(count: int, now: datetime) -> None:
                 f"{INSTANCE_ID_PREFIX}{pk}",
                 0,  # current_iteration, set by fill_runs
                 1,  # start_iteration
-                when(now + timedelta(minutes=5)),  # next_run_at
+                when(now + timedelta(minutes=-1 if late else 5)),  # next_run_at
                 created,
                 created,
                 False,  # dry_run
@@ -160,6 +174,7 @@ def fill_schedules(count: int, now: datetime) -> None:
                 "",  # status_reason
                 "UTC",
                 0,  # generation
+                when(now - timedelta(minutes=3)) if pk % 100 == 3 else None,  # recovering_since
             )
 
     columns = [
@@ -189,6 +204,7 @@ def fill_schedules(count: int, now: datetime) -> None:
         "status_reason",
         "timezone",
         "generation",
+        "recovering_since",
     ]
     insert(CleanupSchedule._meta.db_table, columns, rows(), count, "schedules")
 
@@ -202,6 +218,7 @@ RUN_COLUMNS = [
     "reason",
     "config",
     "task",
+    "planned_at",
     "started_at",
     "finished_at",
     "duration",
@@ -269,6 +286,9 @@ def fill_runs(
                 )
                 skipped = status == "skipped"
                 seconds = 0 if skipped else rng.randint(1, 30)
+                lateness = timedelta(
+                    milliseconds=rng.randint(5, 2000 if rng.random() < 0.02 else 50)
+                )
                 yield (
                     pk,
                     iteration,
@@ -278,6 +298,7 @@ def fill_runs(
                     "overran" if skipped else "",
                     config[task],
                     task,
+                    None if skipped else when(started - lateness),
                     when(started),
                     None if skipped else when(started + timedelta(seconds=seconds)),
                     None if skipped else span(timedelta(seconds=seconds)),
@@ -319,12 +340,15 @@ def analyze() -> None:
 # Pages ----------------------------------------------------------------------------------------
 
 
-def page_urls() -> dict[str, str]:
+def page_urls(client: Client) -> dict[str, str]:
     schedule = CleanupSchedule.objects.order_by("pk").first()
     assert schedule is not None, "no schedules"
     run = schedule.runs.order_by("-iteration").first()
     assert run is not None, "no runs"
     runs = reverse("cleanups:schedule_runs", args=[schedule.pk])
+    status = reverse("cleanups:dashboard_status")
+    # The token a refresh gets and sends back with the next one (a steady refresh).
+    since = client.get(status).json()["since"]
     return {
         "dashboard /": reverse("cleanups:dashboard"),
         "schedule page": reverse("cleanups:schedule_detail", args=[schedule.pk]),
@@ -333,7 +357,8 @@ def page_urls() -> dict[str, str]:
         "all runs": reverse("cleanups:runs"),
         "all runs ?status=failed": reverse("cleanups:runs") + "?status=failed",
         "run page": reverse("cleanups:run_detail", args=[run.pk]),
-        "status.json": reverse("cleanups:dashboard_status"),
+        "status.json": status,
+        "status.json ?since=": f"{status}?since={since}",
         "admin schedule list": reverse("admin:cleanups_cleanupschedule_changelist"),
     }
 
@@ -360,7 +385,7 @@ def fetch_ms(sql: str) -> float:
 
 def measure(client: Client, repeat: int, tag: str) -> dict[str, Result]:
     results: dict[str, Result] = {}
-    for name, url in page_urls().items():
+    for name, url in page_urls(client).items():
         warm = client.get(url)
         if warm.status_code != 200:
             raise SystemExit(f"bench/pages.py: {name} ({url}) answered {warm.status_code}")
@@ -435,7 +460,7 @@ def report(
         "",
         f"| page | ms at {small_runs:,} runs | ms at {args.runs:,} runs | ratio "
         f"| queries ({small_runs:,} / {args.runs:,}) | table rows, run marks drawn "
-        f"| target (<= {TARGET_RATIO:.0f}x) |",
+        f"| target (<= {TARGET_RATIO:.0f}x; dashboard <= {DASHBOARD_TARGET_MS:.0f} ms) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     missed = []
@@ -443,7 +468,8 @@ def report(
         after = large[name]
         ratio = after.ms / before.ms
         fixed = len(before.queries) == len(after.queries)
-        met = ratio <= TARGET_RATIO and fixed
+        fast = name not in DASHBOARD_PAGES or after.ms <= DASHBOARD_TARGET_MS
+        met = ratio <= TARGET_RATIO and fixed and fast
         if not met:
             missed.append(name)
         lines.append(
@@ -453,7 +479,10 @@ def report(
         )
     lines.append("")
     if not missed:
-        lines.append(f"All pages met the target (<= {TARGET_RATIO:.0f}x, same query count).")
+        lines.append(
+            f"All pages met the target (<= {TARGET_RATIO:.0f}x, same query count; the "
+            f"dashboard's <= {DASHBOARD_TARGET_MS:.0f} ms)."
+        )
         return lines
     lines += [f"Pages that miss the target: {', '.join(missed)}.", ""]
     for name in missed:

@@ -27,6 +27,7 @@ def test_pages_bench_prints_its_table(tmp_path):
         "all runs ?status=failed",
         "run page",
         "status.json",
+        "status.json ?since=",
         "admin schedule list",
     ):
         assert f"| {page} |" in result.stdout

@@ -99,12 +99,18 @@ def test_an_operator_runs_a_schedule_end_to_end(page, live_server, worker, durab
 
     page.goto(f"{base}/")
     row = page.locator("tr", has_text="browser sample")
-    # New runs appear without a reload: the strip fills from the live endpoint.
+    page.evaluate("window.table = document.querySelector('table.dash-table')")
+    # New runs appear without a reload: the strip fills from the live endpoint, which sends
+    # the rows that changed, and the page replaces those rows only, not the table.
     page.wait_for_function(
         "() => [...document.querySelectorAll('tr')].some(r => r.textContent.includes("
         "'browser sample') && r.querySelectorAll('.mark-succeeded').length >= 3)"
     )
     assert "Succeeded" in row.locator(".strip").get_attribute("aria-label")
+    assert page.evaluate("document.querySelector('table.dash-table') === window.table")
+    # The fleet's figures follow: the runs of the last hour and their p99 lateness.
+    assert int(page.inner_text("[data-fact=runs]")) >= 3
+    assert re.fullmatch(r"\d+(\.\d+)? m?s", page.inner_text("[data-fact=p99]"))
     shot(page, "03-dashboard-running")
 
     failing = CleanupSchedule.objects.create(
@@ -126,6 +132,15 @@ def test_an_operator_runs_a_schedule_end_to_end(page, live_server, worker, durab
     rows = page.locator("table.dash-table tbody tr")
     assert rows.count() == 1 and "browser failing" in rows.first.inner_text()
     shot(page, "04b-dashboard-failing")
+    # The failing schedule leads the whole fleet too; the search box finds one by name.
+    page.goto(f"{base}/")
+    assert "browser failing" in page.locator("table.dash-table tbody tr").first.inner_text()
+    page.fill("#dash-q", "sample")
+    page.press("#dash-q", "Enter")
+    page.wait_for_url(f"{base}/?q=sample")
+    rows = page.locator("table.dash-table tbody tr")
+    assert rows.count() == 1 and "browser sample" in rows.first.inner_text()
+    shot(page, "04c-dashboard-search")
 
     page.goto(f"{base}/schedules/{schedule.pk}/")
     assert re.search(r"Last \d+ runs: median duration", page.inner_text("figcaption"))
