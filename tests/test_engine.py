@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from durabletask.internal import helpers as dt_helpers
 from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from durabletask.testing import InMemoryOrchestrationBackend, in_memory_backend
+from google.protobuf import wrappers_pb2
 
 from cleanups.durable.connection import EmbeddedEngine, build_client, build_worker, engine_config
 from tests.conftest import timer_created, wait_until
@@ -378,6 +380,48 @@ def test_a_step_held_by_a_worker_that_stopped_processing_is_delivered_again(engi
 
     assert state is not None and state.runtime_status == Status.COMPLETED
     assert state.get_output() == 42
+
+
+def complete_with(token: str, instance_id: str, output: str) -> pb.OrchestratorResponse:
+    done = pb.CompleteOrchestrationAction(
+        orchestrationStatus=pb.ORCHESTRATION_STATUS_COMPLETED,
+        result=wrappers_pb2.StringValue(value=json.dumps(output)),
+    )
+    return pb.OrchestratorResponse(
+        instanceId=instance_id,
+        completionToken=token,
+        actions=[pb.OrchestratorAction(id=0, completeOrchestration=done)],
+    )
+
+
+def test_the_late_completion_of_a_step_delivered_again_does_not_count(engine_port):
+    """Two workers, raw gRPC: the first holds a step past its lease, the second gets it with a
+    new token; the first one's late completion is ignored and the second one's stands."""
+    backend = ShortLeaseEngine(port=engine_port)
+    backend.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{engine_port}")
+    try:
+        sidecar = stubs.TaskHubSidecarServiceStub(channel)
+        first = sidecar.GetWorkItems(pb.GetWorkItemsRequest())
+        client = build_client(engine_config())
+        instance_id = client.schedule_new_orchestration(add_one, input=1)
+        held = next(first)
+        second = sidecar.GetWorkItems(pb.GetWorkItemsRequest())
+        again = next(second)  # after the lease
+        assert again.orchestratorRequest.instanceId == instance_id
+        assert again.completionToken != held.completionToken
+
+        sidecar.CompleteOrchestratorTask(complete_with(held.completionToken, instance_id, "late"))
+        # Still the second worker's: the SDK's backend would clear the mark, and dispatch the
+        # instance's next events to a third worker beside it.
+        assert instance_id in backend._orchestration_in_flight
+        sidecar.CompleteOrchestratorTask(complete_with(again.completionToken, instance_id, "new"))
+        state = client.wait_for_orchestration_completion(instance_id, timeout=20)
+    finally:
+        channel.close()
+        backend.stop(grace=0.5)
+
+    assert state is not None and state.get_output() == "new"
 
 
 # Scale: one thread serves every timer.

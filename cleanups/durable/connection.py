@@ -206,7 +206,7 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
     # An orchestration step takes milliseconds; one a worker holds longer than this is taken
     # back and delivered again (a worker whose stream lives on but that stopped processing would
     # otherwise hold it for ever), as a real engine's work-item lock expires.
-    ORCHESTRATION_LEASE_SECONDS = 30.0
+    ORCHESTRATION_LEASE_SECONDS = 10.0
 
     def __init__(self, port: int) -> None:
         super().__init__(port=port)
@@ -422,20 +422,25 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
                 elif now - since > self.ORCHESTRATION_LEASE_SECONDS:
                     del self._leases[token]
                     instance_id = work_item.orchestratorRequest.instanceId
-                    self.AbandonTaskOrchestratorWorkItem(
-                        pb.AbandonOrchestrationTaskRequest(completionToken=token), None
-                    )
-                    # A late completion by the worker that held it must not count.
-                    instance = self._instances.get(instance_id)
-                    if instance is not None:
-                        instance.completion_token = self._next_completion_token
-                        self._next_completion_token += 1
+                    self._deliver_again(work_item)
                     _ENGINE_LOGGER.warning(
                         "Delivering a step of %r again: its worker held it %.0f s without "
                         "completing it.",
                         instance_id,
                         now - since,
                     )
+
+    def _deliver_again(self, work_item: pb.WorkItem) -> None:
+        """Put an orchestration step a worker holds back in the queue (call with the lock
+        held). It gets a new completion token: a late completion by the worker that held it
+        would otherwise count, made from fewer events than the engine then moves to history."""
+        self.AbandonTaskOrchestratorWorkItem(
+            pb.AbandonOrchestrationTaskRequest(completionToken=work_item.completionToken), None
+        )
+        instance = self._instances.get(work_item.orchestratorRequest.instanceId)
+        if instance is not None:
+            instance.completion_token = self._next_completion_token
+            self._next_completion_token += 1
 
     def _outstanding(self, work_item: pb.WorkItem) -> bool:
         """Handed out and not completed (call with the lock held)."""
@@ -455,12 +460,7 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
                 if not self._outstanding(work_item):
                     continue
                 if work_item.HasField("orchestratorRequest"):
-                    self.AbandonTaskOrchestratorWorkItem(
-                        pb.AbandonOrchestrationTaskRequest(
-                            completionToken=work_item.completionToken
-                        ),
-                        None,
-                    )
+                    self._deliver_again(work_item)
                 elif work_item.HasField("activityRequest"):
                     self._activities_out.discard(_activity_key(work_item))
                     activity = work_item.activityRequest
@@ -499,6 +499,14 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
             return super().ResumeInstance(request, context)
 
     def CompleteOrchestratorTask(self, request: Any, context: Any) -> Any:
+        with self._lock:
+            instance = self._instances.get(request.instanceId)
+            if instance is not None and str(instance.completion_token) != request.completionToken:
+                # A step taken back from its worker and delivered again. The SDK would also
+                # clear the instance's in-flight mark, which belongs to the new delivery, and
+                # the new delivery's events would be lost with its next dispatch.
+                _ENGINE_LOGGER.debug("Ignored a stale completion of %r.", request.instanceId)
+                return pb.CompleteTaskResponse()
         response = super().CompleteOrchestratorTask(request, context)
         # The SDK leaves an instance whose step ended suspended off the queue, even when a
         # resume arrived during that step: it would stay suspended for ever.
