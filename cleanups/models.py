@@ -460,7 +460,9 @@ class CleanupRun(models.Model):
     trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.SCHEDULED)
     triggered_by = models.CharField(max_length=150, blank=True, help_text="Who asked (run now).")
     reason = models.CharField(
-        max_length=20, blank=True, help_text="Skipped runs: worker down, overran or paused."
+        max_length=20,
+        blank=True,
+        help_text="Skipped runs: worker down, late (the worker was too busy), overran or paused.",
     )
     config = models.JSONField(
         default=dict, blank=True, help_text="The schedule's configuration this run ran with."

@@ -576,3 +576,25 @@ def test_a_pause_between_two_attempts_leaves_no_run_running_and_resume_goes_on(
     control.resume_schedule(schedule)
     done = wait_until(lambda: run_of(schedule, iteration=1, status="failed"))
     assert done.attempts == 2
+
+
+@pytest.mark.parametrize(
+    ("worker_started", "reason"),
+    [(timedelta(hours=-1), "late"), (timedelta(0), "worker down")],
+    ids=["up before the slots: busy", "started after them: down"],
+)
+def test_slots_missed_say_whether_the_worker_was_busy_or_down(
+    make_schedule, monkeypatch, worker_started, reason
+):
+    """A worker that was up when the slots were due and ran them late was too busy: the run
+    history says so, apart from slots missed while no worker was up."""
+    monkeypatch.setattr(activities, "_PROCESS_STARTED_AT", timezone.now() + worker_started)
+    schedule = make_schedule(interval=timedelta(seconds=1), missed_runs="run_once")
+    CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="running")
+    planned = timezone.now() - timedelta(seconds=5)
+
+    execute_iteration(schedule.pk, 3, planned_at=planned.isoformat())
+
+    skipped = run_of(schedule, iteration=3)
+    assert (skipped.status, skipped.reason) == ("skipped", reason)
+    assert run_of(schedule, iteration=4).trigger == "catch_up"

@@ -42,6 +42,9 @@ class WorkerStopping(Exception):
 
 # Set when runworker is asked to stop.
 STOPPING = threading.Event()
+# When this process began: a worker that was up at a slot's planned time and still ran it late
+# was saturated ("late"), not down.
+_PROCESS_STARTED_AT = timezone.now()
 
 
 def _stop_if_stopping() -> None:
@@ -320,7 +323,7 @@ def record_overdue_slots(schedule: CleanupSchedule) -> CleanupRun | None:
     except UncomputableRun:
         return None
     iteration = schedule.next_iteration()
-    reason = _why_missed(schedule, iteration, planned)
+    reason = _why_missed(schedule, iteration, planned, by_worker=False)
     return _record_skipped(schedule, iteration, slots, reason, planned, now)
 
 
@@ -358,7 +361,12 @@ def rule_grace() -> timedelta:
     return timedelta(seconds=settings.MISSED_RUN_GRACE_SECONDS)
 
 
-def _why_missed(schedule: CleanupSchedule, iteration: int, planned: datetime) -> str:
+def _why_missed(
+    schedule: CleanupSchedule, iteration: int, planned: datetime, by_worker: bool = True
+) -> str:
+    """Why slots from ``planned`` were missed: paused, overran (the run before ran past it),
+    late (``by_worker``: this worker was up at the planned time, so it was too busy), or
+    worker down."""
     if schedule.resumed_at and schedule.resumed_at >= planned:
         return "paused"
     previous = (
@@ -369,6 +377,8 @@ def _why_missed(schedule: CleanupSchedule, iteration: int, planned: datetime) ->
     )
     if previous and previous.finished_at and previous.finished_at > planned:
         return "overran"
+    if by_worker and planned > _PROCESS_STARTED_AT:
+        return "late"
     return "worker down"
 
 
