@@ -268,10 +268,7 @@ def pause_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     schedule.desired_state = CleanupSchedule.DesiredState.PAUSED
     _interrupt_waiting_runs([schedule.pk])
     try:
-        with engine_call():
-            client, state = _engine_state(schedule)
-            if state is not None and state.runtime_status in LIVE_STATUSES:
-                client.suspend_orchestration(schedule.instance_id, reason="paused by operator")
+        _suspend(schedule)
     except EngineUnavailable:
         return _unreachable(schedule, "paused")
     return ControlOutcome(schedule, Outcome.PAUSED, f"“{schedule}” paused.")
@@ -294,15 +291,7 @@ def resume_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     schedule.desired_state = CleanupSchedule.DesiredState.RUNNING
     schedule.resumed_at = now
     try:
-        with engine_call():
-            client, state = _engine_state(schedule)
-            if state is not None and state.runtime_status in LIVE_STATUSES:
-                # Even if it does not look suspended yet: a pause sent a moment ago may still
-                # be on its way, and would take effect after this resume otherwise.
-                client.resume_orchestration(schedule.instance_id, reason="resumed by operator")
-            else:
-                # Paused by its failure streak (the loop ended) or lost: start it again.
-                start_orchestration(schedule)
+        _resume_or_start(schedule)
     except EngineUnavailable:
         return _unreachable(schedule, "running")
     return ControlOutcome(schedule, Outcome.RESUMED, f"“{schedule}” resumed.")
@@ -699,8 +688,11 @@ def _resume_or_start(schedule: CleanupSchedule) -> None:
     with engine_call():
         client, state = _engine_state(schedule)
         if state is not None and state.runtime_status in LIVE_STATUSES:
+            # Even if it does not look suspended yet: a pause sent a moment ago may still be on
+            # its way, and would take effect after this resume otherwise.
             client.resume_orchestration(schedule.instance_id, reason="resumed by operator")
         else:
+            # Paused by its failure streak (the loop ended) or lost: start it again.
             start_orchestration(schedule)
 
 
