@@ -178,6 +178,7 @@ def terminate_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     before = CleanupSchedule.objects.filter(pk=schedule.pk).first() or schedule
     _new_generation(schedule, desired_state=CleanupSchedule.DesiredState.STOPPED, next_run_at=None)
     record_overdue_slots(before)
+    _interrupt_waiting_runs([schedule.pk], ENDED_BETWEEN_ATTEMPTS)
     try:
         with engine_call():
             client, state = _engine_state(schedule)
@@ -329,6 +330,7 @@ def restart_schedule(schedule: CleanupSchedule) -> ControlOutcome:
         schedule, desired_state=CleanupSchedule.DesiredState.RUNNING, next_run_at=timezone.now()
     )
     record_overdue_slots(before)
+    _interrupt_waiting_runs([schedule.pk], ENDED_BETWEEN_ATTEMPTS)
     try:
         with engine_call():
             client, state = _engine_state(schedule)
@@ -620,6 +622,7 @@ def terminate_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
     )
     for schedule in overdue:
         record_overdue_slots(schedule)
+    _interrupt_waiting_runs(pks, ENDED_BETWEEN_ATTEMPTS)
     _in_background(pks, _terminate, STOPPED, True)
     unchanged = len(pks) - was_alive
     return BulkOutcome(
@@ -637,6 +640,7 @@ def restart_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
     restarted = CleanupSchedule.objects.filter(pk__in=pks).update(
         desired_state=RUNNING, next_run_at=timezone.now(), generation=F("generation") + 1
     )
+    _interrupt_waiting_runs(pks, ENDED_BETWEEN_ATTEMPTS)
 
     def restart(schedule: CleanupSchedule) -> None:
         if schedule.pk in overdue:
@@ -668,12 +672,20 @@ def run_schedules_now(queryset: QuerySet[CleanupSchedule], user: str = "") -> Bu
     return BulkOutcome(len(pks), unchanged, message)
 
 
-def _interrupt_waiting_runs(pks: list[int]) -> None:
-    """A run between two attempts (or two parts) goes on only when its schedule is resumed: it
-    is not running meanwhile. Its record is reused when it does go on."""
+PAUSED_BETWEEN_ATTEMPTS = (
+    "Paused while it waited for a retry or its next part; it goes on when resumed."
+)
+ENDED_BETWEEN_ATTEMPTS = (
+    "Its orchestration was ended (restart or terminate) while it waited for a retry or its "
+    "next part."
+)
+
+
+def _interrupt_waiting_runs(pks: list[int], why: str = PAUSED_BETWEEN_ATTEMPTS) -> None:
+    """A run between two attempts (or two parts) is not running: its orchestration is paused,
+    and its record is reused when it goes on; or ended, and nothing will come for it."""
     CleanupRun.objects.running().filter(schedule__in=pks, finished_at__isnull=False).update(
-        status=CleanupRun.Status.INTERRUPTED,
-        error="Paused while it waited for a retry or its next part; it goes on when resumed.",
+        status=CleanupRun.Status.INTERRUPTED, error=why
     )
 
 

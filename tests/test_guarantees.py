@@ -598,3 +598,19 @@ def test_slots_missed_say_whether_the_worker_was_busy_or_down(
     skipped = run_of(schedule, iteration=3)
     assert (skipped.status, skipped.reason) == ("skipped", reason)
     assert run_of(schedule, iteration=4).trigger == "catch_up"
+
+
+@pytest.mark.parametrize("action", ["terminate", "restart"])
+def test_ending_an_orchestration_between_two_attempts_leaves_no_run_running(
+    worker, durable_client, make_schedule, monkeypatch, action
+):
+    """The retry would have come from the orchestration that terminate or restart ends."""
+    monkeypatch.setattr(activities, "RETRY_FIRST_SECONDS", 3.0)  # the action comes first
+    schedule = make_schedule(params={"seconds": "x"}, max_retries=1, interval=timedelta(hours=1))
+    schedule.start()
+    wait_until(lambda: run_of(schedule, iteration=1, finished_at__isnull=False))
+
+    {"terminate": control.terminate_schedule, "restart": control.restart_schedule}[action](schedule)
+
+    ended = run_of(schedule, iteration=1)
+    assert ended.status == "interrupted" and "was ended" in ended.error
