@@ -170,6 +170,9 @@ os.environ.update(
         # The watchdog's grace: a schedule whose run or step died with a worker runs again
         # after this (the default, 60 s, is for production; this run kills workers every few s).
         "STUCK_RUN_GRACE_SECONDS": "3",
+        # How long a SIGTERMed runworker may finish its work (default 20 s): its runs here take
+        # at most 1.5 s, and an engine host that takes 20 s to stop is an outage of its own.
+        "WORKER_STOP_SECONDS": "5",
         "EMAIL_URL": "dummymail://",  # failure notices would only fill the workers' logs
         "PYTHONUNBUFFERED": "1",
     }

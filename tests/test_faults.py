@@ -29,7 +29,9 @@ def test_every_guarantee_holds_under_faults(tmp_path):
             sys.executable,
             "bench/faults.py",
             *("--seconds", str(SECONDS), "--schedules", str(SCHEDULES)),
-            *("--settle", "15", "--seed", seed),
+            # It settles as soon as nothing is overdue; a machine busy with other tests may
+            # need longer to catch up after the last engine restart.
+            *("--settle", "45", "--seed", seed),
             "--keep",  # its database and logs stay under tmp_path for a failure's post-mortem
         ],
         cwd=ROOT,
