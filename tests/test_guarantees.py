@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from django.urls import reverse
 from django.utils import timezone
+from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.testing import InMemoryOrchestrationBackend
 
 from cleanups import control
@@ -614,3 +615,46 @@ def test_ending_an_orchestration_between_two_attempts_leaves_no_run_running(
 
     ended = run_of(schedule, iteration=1)
     assert ended.status == "interrupted" and "was ended" in ended.error
+
+
+class EngineThatLosesResumes(CountingEngine):
+    """An engine that answers a resume and never applies it."""
+
+    def ResumeInstance(self, request, context):
+        return pb.ResumeResponse()
+
+
+def test_a_running_schedule_its_engine_keeps_suspended_is_restarted(
+    engine_port, make_schedule, settings
+):
+    settings.STUCK_RUN_GRACE_SECONDS = 0.5
+    engine = serving(EngineThatLosesResumes(engine_port))  # with a worker
+    next(engine)
+    try:
+        client = get_client()
+        schedule = make_schedule(interval=timedelta(hours=1))
+        schedule.start()
+        wait_until(lambda: run_of(schedule, status="succeeded"))
+        client.suspend_orchestration(schedule.instance_id)
+        wait_until(
+            lambda: (
+                client.get_orchestration_state(schedule.instance_id).runtime_status.name
+                == "SUSPENDED"
+            )
+        )
+        reconciler = Reconciler(worker=worker_id(), interval=0.5)
+
+        reconciler.tick()  # resumes: lost
+        wait_for_clock(timezone.now() + timedelta(seconds=0.6))
+        reconciler.tick()  # still suspended after the grace: restarted
+
+        wait_until(
+            lambda: (
+                client.get_orchestration_state(schedule.instance_id).runtime_status.name
+                in ("RUNNING", "PENDING")
+            )
+        )
+        schedule.refresh_from_db()
+        assert "kept it suspended" in schedule.status_reason
+    finally:
+        next(engine, None)

@@ -53,6 +53,9 @@ class Reconciler:
         # The watchdog's own observations: instance id -> (the engine's last update of it, when
         # this reconciler first saw that update as the latest, on its monotonic clock).
         self._unchanged_since: dict[str, tuple[datetime, float]] = {}
+        # Running schedules the engine still reports suspended: instance id -> since when this
+        # reconciler has been resuming them (monotonic clock).
+        self._resuming_since: dict[str, float] = {}
 
     def tick(self) -> None:
         """One pass: heartbeat, dead workers' runs, then engine versus database."""
@@ -169,12 +172,16 @@ class Reconciler:
         resume (the SDK's in-memory one drops a resume that comes during a step)."""
         paused = schedule.desired_state == CleanupSchedule.DesiredState.PAUSED
         suspended = state.runtime_status == Status.SUSPENDED
+        if paused or not suspended:
+            self._resuming_since.pop(schedule.instance_id, None)
         if paused == suspended:
             return
         # Read again just before acting: an operator may have changed it meanwhile.
         if not CleanupSchedule.objects.filter(
             pk=schedule.pk, desired_state=schedule.desired_state
         ).exists():
+            return
+        if not paused and self._resume_is_lost(schedule):
             return
         try:
             client = get_client()
@@ -191,6 +198,26 @@ class Reconciler:
             )
             return
         logger.info("reconciler: %s %s", "suspended" if paused else "resumed", schedule)
+
+    def _resume_is_lost(self, schedule: CleanupSchedule) -> bool:
+        """A running schedule that its engine still reports suspended after resumes for
+        STUCK_RUN_GRACE_SECONDS: its orchestration is restarted, its count going on (an engine
+        can lose a resume; the embedded one did under freezes). True if it was."""
+        first = self._resuming_since.setdefault(schedule.instance_id, time.monotonic())
+        if time.monotonic() - first < settings.STUCK_RUN_GRACE_SECONDS:
+            return False
+        del self._resuming_since[schedule.instance_id]
+        try:
+            end_orchestration(get_client(), schedule, "its resume was lost", timeout=10)
+            start_orchestration(schedule)
+        except Exception as error:  # the next pass tries again
+            logger.warning("reconciler: could not restart %s: %s", schedule, error)
+            return True
+        CleanupSchedule.objects.filter(pk=schedule.pk).update(
+            status_reason="Restarted: the engine kept it suspended although it was resumed."
+        )
+        logger.warning("reconciler: schedule %s restarted: its resume was lost", schedule)
+        return True
 
     def _ready_to_restart(self, schedule: CleanupSchedule) -> bool:
         """Before a new orchestration: a run still executing on a live worker finishes first
