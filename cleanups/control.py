@@ -180,15 +180,8 @@ def terminate_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     record_overdue_slots(before)
     _interrupt_waiting_runs([schedule.pk], ENDED_BETWEEN_ATTEMPTS)
     try:
-        with engine_call():
-            client, state = _engine_state(schedule)
-            if state is None or state.runtime_status not in LIVE_STATUSES:
-                return ControlOutcome(
-                    schedule, Outcome.NOT_RUNNING, f"“{schedule}” was not running."
-                )
-            client.terminate_orchestration(
-                schedule.instance_id, output="terminated by operator", recursive=False
-            )
+        if not _terminate(schedule):
+            return ControlOutcome(schedule, Outcome.NOT_RUNNING, f"“{schedule}” was not running.")
     except EngineUnavailable:
         return _unreachable(schedule, "stopped")
     return ControlOutcome(schedule, Outcome.TERMINATED, f"“{schedule}” terminated.")
@@ -332,13 +325,7 @@ def restart_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     record_overdue_slots(before)
     _interrupt_waiting_runs([schedule.pk], ENDED_BETWEEN_ATTEMPTS)
     try:
-        with engine_call():
-            client, state = _engine_state(schedule)
-            live = state is not None and state.runtime_status in LIVE_STATUSES
-            # Unless a reconciler pass already started this very generation:
-            if live and live_generation(client, schedule) != schedule.generation:
-                end_orchestration(client, schedule, "restarted by operator")
-            outcome = start_orchestration(schedule, trigger="restart")
+        outcome = _restart_orchestration(schedule)
     except (EngineUnavailable, TimeoutError):
         return _unreachable(schedule, "running")
     if outcome.outcome is not Outcome.STARTED:
@@ -645,12 +632,7 @@ def restart_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
     def restart(schedule: CleanupSchedule) -> None:
         if schedule.pk in overdue:
             record_overdue_slots(overdue[schedule.pk])
-        with engine_call():
-            client, state = _engine_state(schedule)
-            live = state is not None and state.runtime_status in LIVE_STATUSES
-            if live and live_generation(client, schedule) != schedule.generation:
-                end_orchestration(client, schedule, "restarted by operator")
-        start_orchestration(schedule, trigger="restart")
+        _restart_orchestration(schedule)
 
     _in_background(pks, restart, RUNNING, True)
     return BulkOutcome(restarted, 0, _summary([(restarted, "restarting")]), len(refused))
@@ -708,10 +690,24 @@ def _resume_or_start(schedule: CleanupSchedule) -> None:
             start_orchestration(schedule)
 
 
-def _terminate(schedule: CleanupSchedule) -> None:
+def _terminate(schedule: CleanupSchedule) -> bool:
+    """End the schedule's orchestration if it is live; whether it was."""
     with engine_call():
         client, state = _engine_state(schedule)
-        if state is not None and state.runtime_status in LIVE_STATUSES:
-            client.terminate_orchestration(
-                schedule.instance_id, output="terminated by operator", recursive=False
-            )
+        if state is None or state.runtime_status not in LIVE_STATUSES:
+            return False
+        client.terminate_orchestration(
+            schedule.instance_id, output="terminated by operator", recursive=False
+        )
+    return True
+
+
+def _restart_orchestration(schedule: CleanupSchedule) -> ControlOutcome:
+    """End the live orchestration (unless a reconciler pass already started this very
+    generation) and start the schedule's current one."""
+    with engine_call():
+        client, state = _engine_state(schedule)
+        live = state is not None and state.runtime_status in LIVE_STATUSES
+        if live and live_generation(client, schedule) != schedule.generation:
+            end_orchestration(client, schedule, "restarted by operator")
+        return start_orchestration(schedule, trigger="restart")

@@ -245,6 +245,17 @@ def test_starting_a_paused_schedule_resumes_it(worker, durable_client, make_sche
     )
 
 
+def suspend_by_hand(client, schedule) -> None:
+    """Suspend the orchestration behind the database's back, as an engine that loses a resume
+    leaves it, and wait until the engine says so."""
+    client.suspend_orchestration(schedule.instance_id)
+    wait_until(
+        lambda: (
+            client.get_orchestration_state(schedule.instance_id).runtime_status.name == "SUSPENDED"
+        )
+    )
+
+
 def test_the_reconciler_resumes_a_running_schedule_the_engine_left_suspended(
     worker, durable_client, make_schedule
 ):
@@ -253,13 +264,7 @@ def test_the_reconciler_resumes_a_running_schedule_the_engine_left_suspended(
     schedule = make_schedule(interval=timedelta(seconds=1))
     schedule.start()
     wait_until(lambda: run_of(schedule, status="succeeded"))
-    durable_client.suspend_orchestration(schedule.instance_id)
-    wait_until(
-        lambda: (
-            durable_client.get_orchestration_state(schedule.instance_id).runtime_status.name
-            == "SUSPENDED"
-        )
-    )
+    suspend_by_hand(durable_client, schedule)
     count = len(runs_of(schedule))
 
     Reconciler(worker=worker_id(), interval=0.5).tick()
@@ -635,13 +640,7 @@ def test_a_running_schedule_its_engine_keeps_suspended_is_restarted(
         schedule = make_schedule(interval=timedelta(hours=1))
         schedule.start()
         wait_until(lambda: run_of(schedule, status="succeeded"))
-        client.suspend_orchestration(schedule.instance_id)
-        wait_until(
-            lambda: (
-                client.get_orchestration_state(schedule.instance_id).runtime_status.name
-                == "SUSPENDED"
-            )
-        )
+        suspend_by_hand(client, schedule)
         reconciler = Reconciler(worker=worker_id(), interval=0.5)
 
         reconciler.tick()  # resumes: lost
