@@ -23,6 +23,7 @@ from django.utils import timezone
 from durabletask import history as history_events
 
 from cleanups.control import LIVE_STATUSES
+from cleanups.durable import connection as durable_connection
 from cleanups.durable.connection import EmbeddedEngine, build_worker, engine_config
 from cleanups.durable.registration import register
 from cleanups.models import CleanupRun, CleanupSchedule
@@ -113,6 +114,9 @@ def engine_port(settings: Any) -> int:
     settings.ENDPOINT = ""
     settings.EMBEDDED_ENGINE_PORT = str(port)
     settings.ENGINE_CALL_TIMEOUT = 3.0
+    # The OS may hand out a port an earlier test's engine used: its cached client would still
+    # carry that channel's state (a reconnect backoff) into this test.
+    durable_connection._cached_client.cache_clear()
     return port
 
 

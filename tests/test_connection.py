@@ -156,3 +156,27 @@ def test_an_engine_that_never_answers_times_out(settings, engine_port):
         with pytest.raises(EngineUnavailable):
             fetch_runtime_states()
         assert time.monotonic() - started < 4
+
+
+def test_a_client_reaches_an_engine_that_came_back_within_a_second_or_so(engine_port):
+    # A web process keeps one client for its life; a runworker restart takes the engine away and
+    # brings it back. gRPC's own reconnect backoff grows towards 120 s and fails every call in
+    # between, so after a few seconds down the engine would stay "unreachable" long after it is up.
+    failing_until = time.monotonic() + 5.5
+    while time.monotonic() < failing_until:
+        with pytest.raises(EngineUnavailable):
+            fetch_runtime_states()
+        time.sleep(0.05)
+    engine = CountingEngine(engine_port)
+    engine.start()
+    try:
+        back = time.monotonic()
+        while True:
+            try:
+                fetch_runtime_states()
+                break
+            except EngineUnavailable:
+                assert time.monotonic() - back < 2.5, "the engine is up; the client still fails"
+                time.sleep(0.05)
+    finally:
+        engine.stop(grace=0.5)

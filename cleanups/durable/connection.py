@@ -23,6 +23,7 @@ from durabletask import client as dt_client
 from durabletask import worker as dt_worker
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 from durabletask.azuremanaged.worker import DurableTaskSchedulerWorker
+from durabletask.grpc_options import GrpcChannelOptions
 from durabletask.internal import helpers as dt_helpers
 from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
@@ -133,6 +134,18 @@ def _credential(config: EngineConfig) -> Any:
     return DefaultAzureCredential()
 
 
+# gRPC waits up to 120 s between attempts to reach an engine that was down, and fails every call
+# in between at once: a web process would report an engine that is back as unreachable for
+# minutes after a runworker restart. Retry the connection at least once a second instead.
+_CLIENT_CHANNEL = GrpcChannelOptions(
+    raw_options=[
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+)
+
+
 def build_client(
     config: EngineConfig | None = None, call_timeout: float | None = None
 ) -> dt_client.TaskHubGrpcClient:
@@ -144,6 +157,7 @@ def build_client(
             host_address=config.address,
             secure_channel=False,
             interceptors=interceptors,
+            channel_options=_CLIENT_CHANNEL,
             logger=_CLIENT_LOGGER,
         )
     return DurableTaskSchedulerClient(
@@ -152,6 +166,7 @@ def build_client(
         token_credential=_credential(config),
         secure_channel=config.secure,
         interceptors=interceptors,
+        channel_options=_CLIENT_CHANNEL,
         logger=_CLIENT_LOGGER,
     )
 
