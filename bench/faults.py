@@ -1153,6 +1153,11 @@ def gap(
     )
 
 
+# The actions that write the skipped row of a schedule's overdue slots themselves
+# (control.record_overdue_slots). A resume's row is its worker's, and plans the next run as any.
+RECORDS_OVERDUE_SLOTS = {"pause", "restart", "terminate"}
+
+
 @dataclass
 class Walk:
     """Where a schedule stands in the slot walk: its desired state, when its next run is due as
@@ -1203,7 +1208,12 @@ def check_missed_slots(bench: Bench, runs: list[Run]) -> list[str]:
                     what = f"then {describe(bench, record)}"
                     found.append(gap(bench, pk, previous, walk.deadline, record.started_at, what))
             previous = record
-            if covered and applied is not None and applied.at <= record.decided <= applied.end:
+            if (
+                covered
+                and applied is not None
+                and applied.kind in RECORDS_OVERDUE_SLOTS
+                and applied.at <= record.decided <= applied.end
+            ):
                 # Written by the action itself (an overdue run's slots, recorded by a pause,
                 # restart or terminate): the action, not this row, says what is due next.
                 continue

@@ -51,6 +51,7 @@ REPLACE_TERMINATED = pb.OrchestrationIdReusePolicy(
         ("AbandonTaskOrchestratorWorkItem", ["self", "request", "context"]),
         ("CompleteOrchestratorTask", ["self", "request", "context"]),
         ("ResumeInstance", ["self", "request", "context"]),
+        ("SuspendInstance", ["self", "request", "context"]),
         ("_create_instance_internal", ["self", "instance_id", "name", "encoded_input", "version"]),
         ("_process_complete_orchestration_action", ["self", "instance", "complete_action"]),
         ("_process_schedule_task_action", ["self", "instance", "action"]),
@@ -344,6 +345,38 @@ def test_a_second_resume_does_not_fail_the_orchestration(backend, sdk_worker, cl
     else:  # the SDK's executor fails on the resume it is not suspended for
         assert state.runtime_status == Status.FAILED
         assert "executionResumed" in state.failure_details.message
+
+
+def test_two_suspends_then_a_resume_leave_the_orchestration_running(backend, sdk_worker, client):
+    """What every runworker's reconciler pausing one schedule at once, then one resume, do."""
+    sdk_worker.add_orchestrator(wait_for_go)
+    instance_id = client.schedule_new_orchestration(wait_for_go)
+    # No worker yet: both suspends wait in the queue together, as when the reconcilers of
+    # several runworkers suspend within one orchestration step.
+    client.suspend_orchestration(instance_id)
+    client.suspend_orchestration(instance_id)
+
+    with backend._lock:
+        queued = backend._instances[instance_id].pending_events
+        suspends = sum(event.HasField("executionSuspended") for event in queued)
+    if not fixed(backend):
+        # The SDK queues both. Its executor buffers the second while suspended and, on the
+        # resume, replays it while iterating the very list it buffers into: the worker thread
+        # loops for ever and eats the machine's memory (seen: 23 GB in a minute). Not run here.
+        assert suspends == 2
+        return
+    assert suspends == 1
+
+    sdk_worker.start()
+    wait_until(
+        lambda: client.get_orchestration_state(instance_id).runtime_status == Status.SUSPENDED
+    )
+    client.resume_orchestration(instance_id)
+    client.raise_orchestration_event(instance_id, "go")
+    state = client.wait_for_orchestration_completion(instance_id, timeout=20)
+
+    assert state is not None
+    assert state.runtime_status == Status.COMPLETED and state.get_output() == "went"
 
 
 class ShortLeaseEngine(EmbeddedEngine):
