@@ -1,9 +1,6 @@
 """bench/faults.py, short: workers killed, the engine stopped and restarted, operators acting;
 every guarantee must hold (0 violations). The seed is random and printed, FAULTS_SEED replays it.
-
-Opt-in (FAULTS_TEST=1) until it passes every time: on this 2-core machine it failed 2 full-suite
-runs of 4 with two suites running side by side (a schedule its engine kept suspended after a
-freeze; an orchestration failed by a replay mismatch). See README, "Guarantees"."""
+See README, "Guarantees"."""
 
 from __future__ import annotations
 
@@ -22,10 +19,6 @@ SCHEDULES = 20
 
 
 @pytest.mark.subprocess
-@pytest.mark.skipif(
-    not os.environ.get("FAULTS_TEST"),
-    reason="the 45 s fault run is opt-in (FAULTS_TEST=1) until it passes every time",
-)
 def test_every_guarantee_holds_under_faults(tmp_path):
     seed = os.environ.get("FAULTS_SEED") or str(random.randrange(1_000_000))
     # Its own throwaway database under tmp_path, whatever the shell or the test run points at.
