@@ -55,7 +55,7 @@ from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
 from cleanups.cadence import preview_times
-from cleanups.charts import run_chart
+from cleanups.charts import lateness_chart, run_chart
 from cleanups.control import (
     EngineUnavailable,
     engine_call,
@@ -231,6 +231,7 @@ def schedule_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """A schedule: its configuration, its live orchestration, a chart, its newest runs."""
     schedule = get_object_or_404(CleanupSchedule, pk=pk)
     newest = list(schedule.runs.order_by("-iteration")[:CHART_RUNS])
+    oldest_first = newest[::-1]
     engine_error = ""
     state = None
     try:
@@ -246,7 +247,7 @@ def schedule_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "runtime": runtime_status_label(state),
         "custom_status": state.serialized_custom_status if state else "",
         "engine_error": engine_error,
-        "chart": run_chart(list(reversed(newest))),
+        "chart": run_chart(oldest_first),
         "recent": newest[:20],
         "can_view_runs": can_view_runs(request),
     }
@@ -266,7 +267,13 @@ def schedule_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "cleanups/schedule_detail.html",
-        {**admin.site.each_context(request), "title": str(schedule), **context},
+        {
+            **admin.site.each_context(request),
+            "title": str(schedule),
+            **context,
+            # Under the duration chart, run for run, from the same list: no query of its own.
+            "lateness": lateness_chart(oldest_first),
+        },
     )
 
 
