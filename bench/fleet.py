@@ -40,7 +40,8 @@ first run, from the request's start; runs/s, the runs over the span from the fir
 to the last one's; skipped slots, the slots in ``skipped`` rows (1 for a row that names none);
 lateness, started_at - planned_at of every run that has a planned time (a start's first run is
 planned for the moment of the start, so it includes getting the fleet going), p50/p99 by
-nearest rank, and the maximum.
+nearest rank, and the maximum; and p50/p99 of the runs after each schedule's first, the
+steady state.
 
 Measured, the bare SDK (unless ``--skip-sdk``). After the runworker has stopped: a fresh engine,
 placed as above (in-process: hosted by the worker process; separate: ``--role engine``), and a
@@ -421,6 +422,7 @@ class Measured:
     all_running_after_s: float | None
     runs_per_s: float | None
     lateness_ms: dict[str, float | None]
+    later_lateness_ms: dict[str, float | None]  # every run but each schedule's first
     runworker_peak_rss_mb: float | None
     peak_threads: int
     engine_host_peak_rss_mb: float | None = None
@@ -645,6 +647,11 @@ def cleanups_figures(began: float) -> dict[str, Any]:
     late = [
         (started - planned).total_seconds() * 1000 for _, _, planned, started, _ in runs if planned
     ]
+    later = [
+        (started - planned).total_seconds() * 1000
+        for schedule, _, planned, started, _ in runs
+        if planned and started.timestamp() > first_start[schedule]
+    ]
     return {
         "runs": len(runs),
         "iterations": len(rows),
@@ -656,6 +663,7 @@ def cleanups_figures(began: float) -> dict[str, Any]:
         "all_running_after_s": round(max(first_start.values()) - began, 3) if first_start else None,
         "runs_per_s": runs_per_second([row[3].timestamp() for row in runs]),
         "lateness_ms": lateness_summary(late),
+        "later_lateness_ms": lateness_summary(later),
     }
 
 
@@ -771,6 +779,9 @@ def sdk_figures(runs: list[dict[str, Any]], began: float) -> dict[str, Any]:
         "all_running_after_s": round(max(firsts) - began, 3) if firsts else None,
         "runs_per_s": runs_per_second([run["started"] for run in runs]),
         "lateness_ms": lateness_summary([(r["started"] - r["planned"]) * 1000 for r in runs]),
+        "later_lateness_ms": lateness_summary(
+            [(r["started"] - r["planned"]) * 1000 for r in runs if r["i"] > 0]
+        ),
     }
 
 
@@ -848,6 +859,8 @@ ROWS = [
     Row("lateness p50 (ms)", lambda m: m.lateness_ms["p50"], 1, True),
     Row("lateness p99 (ms)", lambda m: m.lateness_ms["p99"], 1, True),
     Row("lateness max (ms)", lambda m: m.lateness_ms["max"], 1, True),
+    Row("lateness p50, runs after the first (ms)", lambda m: m.later_lateness_ms["p50"], 1, True),
+    Row("lateness p99, runs after the first (ms)", lambda m: m.later_lateness_ms["p99"], 1, True),
     Row("runworker peak RSS (MB)", lambda m: m.runworker_peak_rss_mb, 1, True),
     Row("peak threads", lambda m: m.peak_threads, 0, True),
 ]
@@ -930,6 +943,7 @@ def result(ours: Measured, sdk: Measured | None) -> dict[str, Any]:
             "lateness_p50": times(lambda m: m.lateness_ms["p50"]),
             "lateness_p99": times(lambda m: m.lateness_ms["p99"]),
             "lateness_max": times(lambda m: m.lateness_ms["max"]),
+            "later_lateness_p99": times(lambda m: m.later_lateness_ms["p99"]),
             "peak_rss": times(lambda m: m.runworker_peak_rss_mb),
             "peak_threads": times(lambda m: m.peak_threads),
         },

@@ -28,7 +28,7 @@ from durabletask import client as dt_client
 from durabletask.internal import orchestrator_service_pb2 as pb
 
 from cleanups.cadence import UncomputableRun
-from cleanups.durable.activities import record_overdue_slots
+from cleanups.durable.activities import dispatch_lead_seconds, record_overdue_slots
 from cleanups.durable.connection import get_client
 from cleanups.durable.orchestrations import RUN_NOW_EVENT
 from cleanups.models import INSTANCE_ID_PREFIX, CleanupRun, CleanupSchedule
@@ -207,6 +207,7 @@ def start_orchestration(
         "max_retries": schedule.max_retries,
         "max_run_seconds": schedule.run_limit,
         "generation": schedule.generation,
+        "lead_seconds": dispatch_lead_seconds(),
     }
     if trigger == "scheduled" and schedule.next_run_at:
         orchestration_input["run_at"] = schedule.next_run_at.isoformat()

@@ -174,6 +174,10 @@ STUCK_RUN_GRACE_SECONDS = env.float("STUCK_RUN_GRACE_SECONDS", default=60.0)
 # runworker stops within about this long: work still in progress then is left to the engine,
 # which delivers it again (its run is marked interrupted).
 WORKER_STOP_SECONDS = env.float("WORKER_STOP_SECONDS", default=20.0)
+# A scheduled run is handed to a worker this long before its planned time, and the worker starts
+# it at that time exactly: the engine's and the worker's delivery time (which grows with the
+# load) is spent ahead of the slot instead of after it. 0: handed over at the planned time.
+CLEANUP_DISPATCH_LEAD_SECONDS = env.float("CLEANUP_DISPATCH_LEAD_SECONDS", default=1.5)
 # A scheduled run that starts more than this late has missed its slot (missed-run policy).
 MISSED_RUN_GRACE_SECONDS = env.float("MISSED_RUN_GRACE_SECONDS", default=2.0)
 # A failed orchestration (not a failed cleanup) is restarted after 5 s, 10 s, 20 s... at most this.

@@ -22,6 +22,8 @@ ROWS = [
     "lateness p50 (ms)",
     "lateness p99 (ms)",
     "lateness max (ms)",
+    "lateness p50, runs after the first (ms)",
+    "lateness p99, runs after the first (ms)",
     "runworker peak RSS (MB)",
     "peak threads",
 ]
@@ -40,6 +42,9 @@ def assert_sane(side: dict[str, Any]) -> None:
     late = side["lateness_ms"]
     assert late["count"] == side["runs"]  # every run of the fleet was planned
     assert 0 <= late["p50"] <= late["p99"] <= late["max"]  # never early
+    later = side["later_lateness_ms"]
+    assert later["count"] == side["runs"] - SCHEDULES  # all but each one's first
+    assert 0 <= later["p50"] <= later["p99"] <= late["max"]
     assert side["bulk_start_request_s"] > 0
     assert side["engine_calls_done_s"] >= 0
     assert side["all_running_after_s"] >= 0

@@ -22,13 +22,21 @@ import pytest
 from durabletask import client as dt_client
 from durabletask import task
 from durabletask import worker as dt_worker
+from durabletask.azuremanaged.worker import DurableTaskSchedulerWorker
 from durabletask.internal import helpers as dt_helpers
 from durabletask.internal import orchestrator_service_pb2 as pb
 from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from durabletask.testing import InMemoryOrchestrationBackend, in_memory_backend
 from google.protobuf import wrappers_pb2
 
-from cleanups.durable.connection import EmbeddedEngine, build_client, build_worker, engine_config
+from cleanups.durable import activities
+from cleanups.durable.connection import (
+    EmbeddedEngine,
+    _KeepsBackStopping,
+    build_client,
+    build_worker,
+    engine_config,
+)
 from tests.conftest import timer_created, wait_until
 
 SDK = InMemoryOrchestrationBackend
@@ -108,6 +116,24 @@ def test_the_names_the_engine_adds_are_not_the_sdks():
     }
     assert added <= set(vars(EmbeddedEngine(port=0))) | set(vars(EmbeddedEngine))
     assert not added & (set(vars(SDK(port=0))) | set(dir(SDK)))
+
+
+def test_the_worker_hooks_the_on_time_start_relies_on_are_the_sdks():
+    # OnTimeWorker overrides _execute_activity (run ahead of time on a thread of its own) and
+    # hands it a stub whose CompleteActivityTask keeps back a "worker stopping" failure.
+    for worker_class in (dt_worker.TaskHubGrpcWorker, DurableTaskSchedulerWorker):
+        method = worker_class._execute_activity
+        assert list(inspect.signature(method).parameters) == [
+            "self",
+            "req",
+            "stub",
+            "completionToken",
+        ]
+    source = inspect.getsource(dt_worker.TaskHubGrpcWorker._execute_activity)
+    assert "stub.CompleteActivityTask(res)" in source
+    assert "ph.new_failure_details(" in source  # an activity's exception, reported as failed
+    assert "self._execute_activity," in inspect.getsource(dt_worker.TaskHubGrpcWorker)
+    assert dt_helpers.get_qualified_name(activities.WorkerStopping) == (_KeepsBackStopping.STOPPING)
 
 
 def test_activity_results_carry_back_the_completion_token_of_their_work_item():

@@ -113,7 +113,7 @@ def test_each_run_records_its_plan_and_the_run_page_shows_its_lateness(
 
 
 def test_a_run_now_that_comes_in_with_the_timer_is_not_lost(worker, durable_client, make_schedule):
-    schedule = make_schedule(interval=timedelta(seconds=1))
+    schedule = make_schedule(interval=timedelta(seconds=3))  # longer than the hand-over lead
     schedule.start()
     wait_until(lambda: run_of(schedule, status="succeeded") and waiting(durable_client, schedule))
     # Suspended, the orchestration holds what arrives: its timer firing, then the request. On

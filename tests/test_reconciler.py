@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 from durabletask import client as dt_client
 
@@ -53,9 +54,10 @@ def test_a_restart_waits_only_the_time_left_and_continues_the_count(
 
     reconciler.tick()
 
-    # Not yet: the restarted loop sits on a timer for the time left, not for a whole interval.
+    # Not yet: the restarted loop sits on a timer for the time left, not for a whole interval
+    # (it hands the run over that much ahead of its time).
     timer = wait_until(lambda: timer_created(durable_client, schedule.instance_id))
-    assert timer.fire_at == due
+    assert timer.fire_at == due - timedelta(seconds=settings.CLEANUP_DISPATCH_LEAD_SECONDS)
     assert len(runs_of(schedule)) == 1
     wait_until(lambda: len(runs_of(schedule)) == 2, timeout=10)
     new_run = runs_of(schedule)[-1]
@@ -215,7 +217,8 @@ def test_the_watchdog_trusts_only_the_stall_it_saw_itself(
 ):
     """An instance the engine has not touched since before the grace, on the first pass that
     sees it (the engine was frozen, or this worker just started), is not restarted yet."""
-    settings.STUCK_RUN_GRACE_SECONDS = 0.5
+    grace = timedelta(seconds=1)
+    settings.STUCK_RUN_GRACE_SECONDS = grace.total_seconds()
     schedule = make_schedule(interval=timedelta(seconds=60))
     schedule.start()
     wait_until(lambda: timer_created(durable_client, schedule.instance_id))
@@ -223,11 +226,12 @@ def test_the_watchdog_trusts_only_the_stall_it_saw_itself(
     CleanupSchedule.objects.filter(pk=schedule.pk).update(
         next_run_at=timezone.now() - timedelta(seconds=5)
     )
-    wait_for_clock(timezone.now() + timedelta(seconds=0.6))
+    touched = durable_client.get_orchestration_state(schedule.instance_id).last_updated_at
+    wait_for_clock(touched.replace(tzinfo=UTC) + grace + timedelta(seconds=0.2))
     reconciler = Reconciler(worker="test-host:1:me", interval=0.5)
 
     assert reconciler.restart_stuck(fetch_runtime_states()) == 0  # first sight
-    wait_for_clock(timezone.now() + timedelta(seconds=0.6))
+    wait_for_clock(timezone.now() + grace + timedelta(seconds=0.1))
     assert reconciler.restart_stuck(fetch_runtime_states()) == 1  # unchanged for the grace
     schedule.refresh_from_db()
     assert "made no progress" in schedule.status_reason

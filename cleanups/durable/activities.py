@@ -22,6 +22,7 @@ from django.utils import timezone
 from durabletask import task
 
 from cleanups.cadence import UncomputableRun
+from cleanups.durable.connection import delivery_lost
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
 from cleanups.registry import CleanupContext, get_task
 
@@ -73,16 +74,18 @@ def _closing_connections(function: Any) -> Any:
 @_closing_connections
 def run_cleanup(ctx: task.ActivityContext, input: dict[str, Any]) -> dict[str, Any]:
     """Run (a part of) one iteration of a schedule and record it; say what comes next."""
-    return execute_iteration(
-        int(input["schedule_id"]),
-        int(input["iteration"]),
-        int(input.get("part", 0)),
-        trigger=input.get("trigger") or Trigger.SCHEDULED,
-        triggered_by=input.get("triggered_by") or "",
-        planned_at=input.get("planned_at"),
-        max_retries=int(input.get("max_retries", 0)),
-        generation=input.get("generation"),
-        deadline=input.get("deadline"),
+    return _with_lead(
+        execute_iteration(
+            int(input["schedule_id"]),
+            int(input["iteration"]),
+            int(input.get("part", 0)),
+            trigger=input.get("trigger") or Trigger.SCHEDULED,
+            triggered_by=input.get("triggered_by") or "",
+            planned_at=input.get("planned_at"),
+            max_retries=int(input.get("max_retries", 0)),
+            generation=input.get("generation"),
+            deadline=input.get("deadline"),
+        )
     )
 
 
@@ -90,9 +93,21 @@ def run_cleanup(ctx: task.ActivityContext, input: dict[str, Any]) -> dict[str, A
 def time_out_run(ctx: task.ActivityContext, input: dict[str, Any]) -> dict[str, Any]:
     """The run outlived its limit: the orchestration stopped waiting for it. Record it timed
     out (keeping the counts of what it did delete) and plan the next run."""
-    return record_timeout(
-        int(input["schedule_id"]), int(input["iteration"]), planned_at=input.get("planned_at")
+    return _with_lead(
+        record_timeout(
+            int(input["schedule_id"]), int(input["iteration"]), planned_at=input.get("planned_at")
+        )
     )
+
+
+def _with_lead(result: dict[str, Any]) -> dict[str, Any]:
+    """The next run goes to a worker this far ahead of its time (read at every run, so a new
+    setting applies from the next one)."""
+    return {**result, "lead_seconds": dispatch_lead_seconds()}
+
+
+def dispatch_lead_seconds() -> float:
+    return max(float(settings.CLEANUP_DISPATCH_LEAD_SECONDS), 0.0)
 
 
 def sample_cleanup(ctx: task.ActivityContext, counter: Any) -> dict[str, Any]:
@@ -124,18 +139,30 @@ def execute_iteration(
     deadline: str | None = None,
 ) -> dict[str, Any]:
     schedule = CleanupSchedule.objects.filter(pk=schedule_id).first()
-    if schedule is None:
-        return _stop(iteration, "schedule deleted")
-    if generation is not None and generation != schedule.generation:
-        # An operator started, restarted or terminated it since this loop began: a newer
-        # start owns the schedule, and this one must not run even once.
-        return _stop(iteration, "superseded by a newer start")
-    if not schedule.is_alive:
-        if part:
-            _abandon_run(
-                schedule_id, iteration, "The schedule was stopped before the run finished."
-            )
-        return _stop(iteration, "schedule stopped")
+    refused = _refusal(schedule, schedule_id, iteration, part, generation)
+    if refused is not None:
+        return refused
+    assert schedule is not None
+    started_at = None
+    if part == 0 and trigger != Trigger.MANUAL and planned_at:
+        planned = datetime.fromisoformat(planned_at)
+        if timezone.now() < planned:
+            # Handed over ahead of its time (CLEANUP_DISPATCH_LEAD_SECONDS): what can be done
+            # before, is; it starts at that time exactly (never early, whatever held it), and
+            # runs as the schedule stands then.
+            _wait_for_the_run_before(schedule, iteration)
+            _wait_until(planned)
+            started_at = timezone.now()
+            if delivery_lost():
+                raise WorkerStopping("the engine that handed this run over took it back")
+            schedule = CleanupSchedule.objects.filter(pk=schedule_id).first()
+            refused = _refusal(schedule, schedule_id, iteration, part, generation)
+            if refused is not None:
+                return refused
+            assert schedule is not None
+        if schedule.desired_state == CleanupSchedule.DesiredState.PAUSED:
+            # Paused before it began: it does not run now. Resumed, it is planned again.
+            return {"continue": True, "deferred": True, "reason": "", "status": ""}
     if part == 0 and schedule.end_at and timezone.now() >= schedule.end_at:
         CleanupSchedule.objects.filter(pk=schedule_id).update(
             desired_state=CleanupSchedule.DesiredState.STOPPED,
@@ -145,8 +172,9 @@ def execute_iteration(
         return _stop(iteration, "end_at reached")
 
     _stop_if_stopping()
-    if part == 0:
+    if part == 0 and started_at is None:
         _wait_for_the_run_before(schedule, iteration)
+        started_at = timezone.now()  # its time has come and its predecessor is done
     if part == 0 and trigger in (Trigger.SCHEDULED, Trigger.CATCH_UP) and planned_at:
         # A catch-up is planned "at once"; if it comes late all the same, the slots that went
         # by meanwhile follow the policy too.
@@ -157,7 +185,7 @@ def execute_iteration(
             iteration, trigger = plan["iteration"], Trigger.CATCH_UP
 
     plan_at = None if trigger == Trigger.MANUAL or not planned_at else planned_at
-    run = _begin_run(schedule, iteration, part, trigger, triggered_by, plan_at)
+    run = _begin_run(schedule, iteration, part, trigger, triggered_by, plan_at, started_at)
     if isinstance(run, dict):
         return run  # another delivery ran it (or it timed out): its outcome, not a second run
     iteration = run.iteration
@@ -239,6 +267,40 @@ def execute_iteration(
         " dry_run" if run.dry_run else "",
     )
     return _plan_next(schedule_id, iteration, run, planned_at)
+
+
+def _refusal(
+    schedule: CleanupSchedule | None,
+    schedule_id: int,
+    iteration: int,
+    part: int,
+    generation: int | None,
+) -> dict[str, Any] | None:
+    """Why this iteration must not run (the outcome to return), or None."""
+    if schedule is None:
+        return _stop(iteration, "schedule deleted")
+    if generation is not None and generation != schedule.generation:
+        # An operator started, restarted or terminated it since this loop began: a newer
+        # start owns the schedule, and this one must not run even once.
+        return _stop(iteration, "superseded by a newer start")
+    if not schedule.is_alive:
+        if part:
+            _abandon_run(
+                schedule_id, iteration, "The schedule was stopped before the run finished."
+            )
+        return _stop(iteration, "schedule stopped")
+    return None
+
+
+def _wait_until(moment: datetime) -> None:
+    """Sleep until the wall clock reads ``moment``; a worker asked to stop stops waiting
+    (WorkerStopping: the engine delivers the run again)."""
+    while True:
+        now = timezone.now()
+        if now >= moment:
+            return
+        if STOPPING.wait((moment - now).total_seconds()):
+            _stop_if_stopping()
 
 
 def _handle_missed_slots(
@@ -399,6 +461,7 @@ def _begin_run(
     trigger: str,
     triggered_by: str,
     planned_at: str | None = None,
+    started_at: datetime | None = None,
 ) -> CleanupRun | dict[str, Any]:
     """The iteration's run record, created or taken over; or, when another delivery of it ran
     (or it timed out), the outcome to return instead of running it a second time."""
@@ -413,7 +476,7 @@ def _begin_run(
                 "task": schedule.task,
                 "dry_run": schedule.dry_run,
                 "planned_at": datetime.fromisoformat(planned_at) if planned_at else None,
-                "started_at": timezone.now(),
+                "started_at": started_at or timezone.now(),
                 "worker": worker_id(),
                 "trigger": trigger,
                 "triggered_by": triggered_by,

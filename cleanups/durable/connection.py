@@ -6,6 +6,7 @@ import enum
 import functools
 import heapq
 import itertools
+import json
 import logging
 import socket
 import threading
@@ -181,6 +182,111 @@ def get_client(call_timeout: float | None = None) -> dt_client.TaskHubGrpcClient
     return _cached_client(engine_config(), call_timeout or settings.ENGINE_CALL_TIMEOUT)
 
 
+class _StartsOnTime:
+    """A worker that gives a run handed to it ahead of its planned time (the orchestration hands
+    it over CLEANUP_DISPATCH_LEAD_SECONDS early) a thread of its own, outside the SDK's pool: the
+    run does what it can before its time, waits, and starts at that time exactly, so a whole
+    fleet due at one instant starts at that instant, not a pool thread at a time, and the pool
+    stays free for the orchestrations meanwhile. These threads exist only from a run's hand-over
+    to its end."""
+
+    # Runs waiting for their time at once, each on a thread: a larger herd waits for a slot
+    # on the SDK's pool, so a fleet never costs more threads than this.
+    MOST_AT_ONCE = 128
+    ACTIVITY = "run_cleanup"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.MOST_AT_ONCE)
+
+    def _execute_activity(self, req: pb.ActivityRequest, stub: Any, completionToken: Any) -> None:
+        stub = _KeepsBackStopping(stub)
+        planned = _planned_start(req, self.ACTIVITY)
+        if planned is not None and planned > datetime.now(UTC):
+            # The stream it came on: if that ends before its time, its engine takes the work
+            # back (or is gone), and another delivery, not this one, runs it.
+            stream = getattr(self, "_response_stream", None)
+            self._slots.acquire()
+            threading.Thread(
+                target=self._run_ahead,
+                args=(req, stub, completionToken, stream),
+                name="cleanup-run-ahead",
+                daemon=True,
+            ).start()
+            return
+        super()._execute_activity(req, stub, completionToken)  # type: ignore[misc]
+
+    def _run_ahead(
+        self, req: pb.ActivityRequest, stub: Any, completionToken: Any, stream: Any
+    ) -> None:
+        _HANDED_OVER.still_held = lambda: stream is None or stream.is_active()
+        try:
+            super()._execute_activity(req, stub, completionToken)  # type: ignore[misc]
+        finally:
+            _HANDED_OVER.still_held = None
+            self._slots.release()
+
+
+# Per thread: whether the run this thread holds ahead of its time is still this worker's.
+_HANDED_OVER = threading.local()
+
+
+def delivery_lost() -> bool:
+    """The run this thread waited for was handed over on a stream that has ended since: its
+    engine delivers it again (or is gone), so running it here would run it twice."""
+    still_held = getattr(_HANDED_OVER, "still_held", None)
+    return still_held is not None and not still_held()
+
+
+class _KeepsBackStopping:
+    """The worker's stub, but a run that did not begin (or stopped waiting for its time)
+    because its worker is stopping is not reported: the SDK would report it failed, and the
+    orchestration would fail with it. The engine delivers it again, to a worker that stays."""
+
+    STOPPING = "cleanups.durable.activities.WorkerStopping"
+
+    def __init__(self, stub: Any) -> None:
+        self._stub = stub
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stub, name)
+
+    def CompleteActivityTask(self, response: pb.ActivityResponse, *args: Any, **kwargs: Any) -> Any:
+        if (
+            response.HasField("failureDetails")
+            and response.failureDetails.errorType == self.STOPPING
+        ):
+            _WORKER_LOGGER.info(
+                "Left activity %s of %r to the engine: this worker is stopping.",
+                response.taskId,
+                response.instanceId,
+            )
+            return None
+        return self._stub.CompleteActivityTask(response, *args, **kwargs)
+
+
+def _planned_start(req: pb.ActivityRequest, activity: str) -> datetime | None:
+    """When a scheduled run of the cleanup activity is to start; None for anything else."""
+    if req.name != activity or not req.HasField("input"):
+        return None
+    try:
+        step = json.loads(req.input.value)
+        if step.get("part") or step.get("trigger") == "manual" or not step.get("planned_at"):
+            return None
+        planned = datetime.fromisoformat(step["planned_at"])
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return planned if planned.tzinfo else planned.replace(tzinfo=UTC)
+
+
+class OnTimeWorker(_StartsOnTime, dt_worker.TaskHubGrpcWorker):
+    """The SDK's worker (the embedded engine), starting runs on time."""
+
+
+class OnTimeSchedulerWorker(_StartsOnTime, DurableTaskSchedulerWorker):
+    """The Durable Task Scheduler's worker (Azure, its emulator), starting runs on time."""
+
+
 def build_worker(
     config: EngineConfig | None = None,
     concurrency: dt_worker.ConcurrencyOptions | None = None,
@@ -188,13 +294,13 @@ def build_worker(
     """A new worker for the configured engine, with nothing registered yet."""
     config = config or engine_config()
     if config.mode is EngineMode.EMBEDDED:
-        return dt_worker.TaskHubGrpcWorker(
+        return OnTimeWorker(
             host_address=config.address,
             secure_channel=False,
             concurrency_options=concurrency,
             logger=_WORKER_LOGGER,
         )
-    return DurableTaskSchedulerWorker(
+    return OnTimeSchedulerWorker(
         host_address=config.address,
         taskhub=config.taskhub,
         token_credential=_credential(config),

@@ -16,6 +16,7 @@ from cleanups.durable import activities
 
 SAMPLE_LAST_ITERATION = 5  # the sample's loop: five iterations, then complete
 RUN_NOW_EVENT = "run_now"
+DEFERRED_SECONDS = 1.0  # a run deferred by a pause is planned again this long after the resume
 
 
 def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
@@ -32,11 +33,19 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
     if input.get("run_now") is not None:
         # Asked for when the previous run was due at the same instant: run it first, now.
         trigger, triggered_by = "manual", input["run_now"].get("by", "")
-    # Never early: a timer that wakes before run_at (an engine that completed it with a stale
+    elif run_at:
+        # Asked for before there is any wait: a "run now" carried over from the previous
+        # execution (save_events), or with the run handed over ahead and no timer to race.
+        run_now = ctx.wait_for_external_event(RUN_NOW_EVENT)
+        if run_now.is_complete:
+            trigger, triggered_by = "manual", (run_now.get_result() or {}).get("by", "")
+    # The run goes to a worker `lead_seconds` ahead; the activity starts it at run_at exactly.
+    lead = timedelta(seconds=input.get("lead_seconds") or 0)
+    # Never early: a timer that wakes before its time (an engine that completed it with a stale
     # one, a clock step) waits again for the remainder.
-    while trigger != "manual" and run_at and _naive_utc(run_at) > ctx.current_utc_datetime:
+    while trigger != "manual" and run_at and _naive_utc(run_at) - lead > ctx.current_utc_datetime:
         ctx.set_custom_status({"iteration": iteration, "state": "waiting", "next_run_at": run_at})
-        timer = ctx.create_timer(_naive_utc(run_at))
+        timer = ctx.create_timer(_naive_utc(run_at) - lead)
         run_now = run_now or ctx.wait_for_external_event(RUN_NOW_EVENT)
         winner = yield task.when_any([timer, run_now])
         if winner is run_now:
@@ -44,9 +53,15 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
             trigger, triggered_by = "manual", (run_now.get_result() or {}).get("by", "")
             break
 
-    ctx.set_custom_status({"iteration": iteration, "state": "running", "items_so_far": 0})
     limit = input.get("max_run_seconds") or 0
-    deadline = ctx.current_utc_datetime + timedelta(seconds=limit) if limit else None
+    begins = ctx.current_utc_datetime
+    if trigger != "manual" and run_at:
+        begins = max(begins, _naive_utc(run_at))  # handed over ahead: the limit counts from then
+    if begins > ctx.current_utc_datetime:  # its worker holds it until its time
+        ctx.set_custom_status({"iteration": iteration, "state": "waiting", "next_run_at": run_at})
+    else:
+        ctx.set_custom_status({"iteration": iteration, "state": "running", "items_so_far": 0})
+    deadline = begins + timedelta(seconds=limit) if limit else None
     step = {
         "schedule_id": schedule_id,
         "iteration": iteration,
@@ -60,6 +75,17 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
     }
     retry = _retry_policy(input.get("max_retries", 0))
     result = yield from _run_part(ctx, step, retry, deadline)
+    if result.get("deferred"):
+        # Paused while its worker waited for the planned time: it did not run. Once resumed
+        # (this timer fires only then), the same iteration is planned again, and the missed-run
+        # policy applies to it if its time went by.
+        yield ctx.create_timer(ctx.current_utc_datetime + timedelta(seconds=DEFERRED_SECONDS))
+        asked = run_now is not None and run_now.is_complete and trigger != "manual"
+        ctx.continue_as_new(
+            {**input, "run_now": (run_now.get_result() or {}) if asked else input.get("run_now")},
+            save_events=True,
+        )
+        return None
     while result.get("more"):
         # A long cleanup resumes in parts; each part's progress shows in the custom status.
         ctx.set_custom_status(
@@ -95,6 +121,7 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
             "trigger": result.get("next_trigger", "scheduled"),
             "max_retries": result.get("max_retries", 0),
             "max_run_seconds": result.get("max_run_seconds", limit),
+            "lead_seconds": result.get("lead_seconds", input.get("lead_seconds", 0)),
             "generation": input.get("generation"),
             "run_now": (run_now.get_result() or {}) if asked else None,
         },

@@ -1,0 +1,213 @@
+"""A scheduled run is handed to a worker CLEANUP_DISPATCH_LEAD_SECONDS ahead of its planned time
+and starts at that time exactly; a pause, a terminate or a run-now in that lead do what they say.
+On a real engine and worker."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from cleanups import control
+from cleanups.control import Outcome
+from cleanups.durable import activities
+from cleanups.durable.connection import build_worker, engine_config
+from cleanups.durable.registration import register
+from cleanups.models import CleanupRun, CleanupSchedule
+from tests.conftest import CountingEngine, wait_for_clock, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+LEAD = 2.5
+
+
+class HandOverClock(CountingEngine):
+    """The embedded engine, noting when it hands each activity to a worker."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.handed: list[tuple[str, int, datetime]] = []  # (instance, task id, when)
+
+    def GetWorkItems(self, request: Any, context: Any) -> Any:
+        for work_item in super().GetWorkItems(request, context):
+            if work_item.HasField("activityRequest"):
+                activity = work_item.activityRequest
+                self.handed.append(
+                    (activity.orchestrationInstance.instanceId, activity.taskId, timezone.now())
+                )
+            yield work_item
+
+
+@pytest.fixture
+def lead_engine(engine_port, settings):
+    settings.CLEANUP_DISPATCH_LEAD_SECONDS = LEAD
+    backend = HandOverClock(engine_port)
+    backend.start()
+    dt_worker = register(build_worker(engine_config()))
+    dt_worker.start()
+    yield backend
+    dt_worker.stop()
+    backend.stop(grace=0.5)
+
+
+def run_of(schedule, **lookups):
+    return CleanupRun.objects.filter(schedule=schedule, **lookups).order_by("iteration").first()
+
+
+def handed_over(engine: HandOverClock, schedule: CleanupSchedule) -> list[datetime]:
+    return [when for instance, _, when in engine.handed if instance == schedule.instance_id]
+
+
+def test_a_run_is_handed_over_ahead_and_starts_at_its_planned_time(lead_engine, make_schedule):
+    schedule = make_schedule(cadence="fixed_rate", interval=timedelta(seconds=4))
+    schedule.start()
+    wait_until(lambda: run_of(schedule, iteration=3, status="succeeded"), timeout=30)
+
+    scheduled = list(
+        CleanupRun.objects.filter(schedule=schedule, iteration__gt=1).order_by("iteration")
+    )
+    assert [run.iteration for run in scheduled] == [2, 3]
+    handed = handed_over(lead_engine, schedule)
+    for run in scheduled:
+        assert run.planned_at <= run.started_at  # never early
+        # Handed over in the lead before its plan: its delivery was spent ahead of the slot.
+        ahead = [when for when in handed if run.planned_at - timedelta(seconds=LEAD) <= when]
+        assert ahead and ahead[0] < run.planned_at, (run.iteration, handed, run.planned_at)
+
+
+def test_a_pause_in_the_lead_keeps_the_run_from_starting_until_resumed(lead_engine, make_schedule):
+    schedule = make_schedule(
+        cadence="fixed_rate",
+        interval=timedelta(seconds=5),
+        missed_runs=CleanupSchedule.MissedRuns.RUN_ONCE,
+    )
+    schedule.start()
+    first = wait_until(lambda: run_of(schedule, iteration=1, status="succeeded"))
+    # The second run is in its worker's hands, waiting for its planned time.
+    wait_until(lambda: len(handed_over(lead_engine, schedule)) == 2)
+    schedule.refresh_from_db()
+    planned = schedule.next_run_at
+    assert timezone.now() < planned and not run_of(schedule, iteration=2)
+
+    assert control.pause_schedule(schedule).outcome is Outcome.PAUSED
+    wait_for_clock(planned + timedelta(seconds=1.5))
+    assert not run_of(schedule, iteration=2), "a paused schedule ran"
+
+    assert control.resume_schedule(schedule).outcome is Outcome.RESUMED
+    # Its slot went by while paused: run once (its policy) on the resume, at once.
+    second = wait_until(lambda: run_of(schedule, iteration=2, status="succeeded"))
+    assert second.started_at > planned + timedelta(seconds=1.5)
+    assert second.planned_at == planned
+    assert first.status == "succeeded"
+
+
+def test_a_terminate_in_the_lead_means_no_run(lead_engine, make_schedule):
+    schedule = make_schedule(cadence="fixed_rate", interval=timedelta(seconds=5))
+    schedule.start()
+    wait_until(lambda: run_of(schedule, iteration=1, status="succeeded"))
+    wait_until(lambda: len(handed_over(lead_engine, schedule)) == 2)
+    schedule.refresh_from_db()
+    planned = schedule.next_run_at
+
+    assert control.terminate_schedule(schedule).outcome is Outcome.TERMINATED
+    wait_for_clock(planned + timedelta(seconds=1))
+
+    assert list(
+        CleanupRun.objects.filter(schedule=schedule).values_list("iteration", flat=True)
+    ) == [1]
+
+
+def test_a_run_now_in_the_lead_runs_after_the_handed_over_run(lead_engine, make_schedule):
+    schedule = make_schedule(cadence="fixed_rate", interval=timedelta(seconds=5))
+    schedule.start()
+    wait_until(lambda: run_of(schedule, iteration=1, status="succeeded"))
+    wait_until(lambda: len(handed_over(lead_engine, schedule)) == 2)
+
+    assert control.run_now(schedule, "alice").outcome is Outcome.RUN_REQUESTED
+
+    manual = wait_until(lambda: run_of(schedule, trigger="manual", status="succeeded"))
+    second = run_of(schedule, iteration=2)
+    assert second.trigger == "scheduled" and second.finished_at <= manual.started_at
+    assert manual.triggered_by == "alice" and manual.planned_at is None
+
+
+def test_a_worker_asked_to_stop_stops_waiting_for_the_planned_time(make_schedule, monkeypatch):
+    schedule = make_schedule(
+        interval=timedelta(seconds=30), desired_state=CleanupSchedule.DesiredState.RUNNING
+    )
+    planned = timezone.now() + timedelta(seconds=30)
+    monkeypatch.setattr(activities, "STOPPING", threading.Event())
+    threading.Timer(0.2, activities.STOPPING.set).start()
+    with pytest.raises(activities.WorkerStopping):
+        activities.execute_iteration(
+            schedule.pk, 2, planned_at=planned.isoformat(), generation=schedule.generation
+        )
+    assert not CleanupRun.objects.filter(schedule=schedule).exists()
+
+
+@pytest.mark.subprocess
+def test_a_worker_stopped_while_its_run_waits_leaves_the_run_to_the_engine(
+    engine_port, make_schedule, start_worker_process
+):
+    """A deploy stops a runworker holding a run in its lead: the run is not reported failed
+    (which would fail the orchestration); the engine delivers it to the worker that stays."""
+    engine = HandOverClock(engine_port)
+    engine.start()
+    try:
+        leaving = start_worker_process(
+            env={
+                "ENDPOINT": f"http://127.0.0.1:{engine_port}",
+                "CLEANUP_DISPATCH_LEAD_SECONDS": str(LEAD),
+            }
+        )
+        leaving.wait_for_output("Press Ctrl+C to stop")
+        schedule = make_schedule(cadence="fixed_rate", interval=timedelta(seconds=6))
+        schedule.start()
+        wait_until(lambda: run_of(schedule, iteration=1, status="succeeded"))
+        wait_until(lambda: len(handed_over(engine, schedule)) == 2)
+        schedule.refresh_from_db()
+        planned = schedule.next_run_at
+        assert timezone.now() < planned
+
+        assert leaving.stop() == 0
+        assert not run_of(schedule, iteration=2)
+
+        staying = register(build_worker(engine_config()))
+        staying.start()
+        try:
+            second = wait_until(lambda: run_of(schedule, iteration=2, status="succeeded"))
+        finally:
+            staying.stop()
+    finally:
+        engine.stop(grace=0.5)
+    assert second.planned_at == planned <= second.started_at
+    assert len(handed_over(engine, schedule)) >= 3  # delivered again
+
+
+def test_a_run_held_on_a_stream_that_ended_is_left_to_its_next_delivery(
+    engine_port, settings, make_schedule
+):
+    """The engine that handed a run over went away before its time (an engine host restarted):
+    it, or the orchestration restarted from the database, delivers it again; the run held here
+    must not run beside that one."""
+    settings.CLEANUP_DISPATCH_LEAD_SECONDS = LEAD
+    engine = HandOverClock(engine_port)
+    engine.start()
+    dt_worker = register(build_worker(engine_config()))
+    dt_worker.start()
+    try:
+        schedule = make_schedule(cadence="fixed_rate", interval=timedelta(seconds=6))
+        schedule.start()
+        wait_until(lambda: run_of(schedule, iteration=1, status="succeeded"))
+        wait_until(lambda: len(handed_over(engine, schedule)) == 2)
+        schedule.refresh_from_db()
+        planned = schedule.next_run_at
+
+        engine.stop(grace=0.5)  # the worker's stream ends; the run stays in its hands
+        assert timezone.now() < planned
+        wait_for_clock(planned + timedelta(seconds=1))
+    finally:
+        dt_worker.stop()
+    assert not run_of(schedule, iteration=2), "a run its engine took back ran all the same"
