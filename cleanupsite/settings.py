@@ -109,6 +109,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": env.int("SQLITE_TIMEOUT", default=30),
         }
     )
+else:
+    # PostgreSQL: a connection pool (DATABASE_POOL*, cleanupsite/dbpool.py). Every activity
+    # closes its thread's connections when it ends: without a pool each run opens a new server
+    # connection (a backend fork), with one that close returns it to the pool. CONN_MAX_AGE
+    # stays 0, as Django's pooling wants. (Imported here to keep this block self-contained.)
+    from cleanupsite import dbpool
+
+    try:
+        dbpool.configure(DATABASES["default"], env)
+    except dbpool.ImproperlyConfigured as error:
+        sys.exit(f"cleanups: {error}")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

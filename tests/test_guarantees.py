@@ -8,6 +8,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from django.db import connections
 from django.urls import reverse
 from django.utils import timezone
 from durabletask.internal import orchestrator_service_pb2 as pb
@@ -146,7 +147,10 @@ class ReconcilerFirstEngine(CountingEngine):
     def StartInstance(self, request, context):
         if not self.raced:  # the operator's call: the reconciler's own comes in meanwhile
             self.raced = True
-            self.reconciler.reconcile()
+            try:
+                self.reconciler.reconcile()
+            finally:
+                connections.close_all()  # a gRPC server thread: its connection goes back
             self.reconciler_was_first = request.instanceId in self._instances
         return super().StartInstance(request, context)
 
@@ -397,7 +401,10 @@ def test_a_second_delivery_waits_for_the_first_and_does_not_run_it_again(make_sc
     results = []
 
     def deliver():
-        results.append(execute_iteration(schedule.pk, 1))
+        try:
+            results.append(execute_iteration(schedule.pk, 1))
+        finally:
+            connections.close_all()  # as the activity does: the thread's connection goes back
 
     first = threading.Thread(target=deliver)
     first.start()
@@ -429,9 +436,12 @@ def test_deliveries_that_arrive_together_execute_an_iteration_once(make_schedule
 
         def deliver(iteration=iteration, planned=planned, gate=gate, results=results):
             gate.wait()
-            results.append(
-                execute_iteration(schedule.pk, iteration, planned_at=planned.isoformat())
-            )
+            try:
+                results.append(
+                    execute_iteration(schedule.pk, iteration, planned_at=planned.isoformat())
+                )
+            finally:
+                connections.close_all()  # as the activity does: the thread's connection goes back
 
         pair = [threading.Thread(target=deliver) for _ in range(2)]
         for thread in pair:

@@ -151,6 +151,9 @@ def execute_iteration(
             # before, is; it starts at that time exactly (never early, whatever held it), and
             # runs as the schedule stands then.
             _wait_for_the_run_before(schedule, iteration)
+            # A fleet's runs wait together: none holds a database connection meanwhile (a
+            # server has a hundred or so, a pool twenty).
+            connections.close_all()
             _wait_until(planned)
             started_at = timezone.now()
             if delivery_lost():
