@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,27 @@ def database_url() -> str:
     user = quote(db["USER"] or "", safe="")
     password = f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else ""
     return f"postgres://{user}{password}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+def manage(
+    *args: str, unset: Iterable[str] = (), timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """manage.py in a child process with the project's real settings (no .env): this
+    process's environment less ``unset``, plus ``env``."""
+    clean = {k: v for k, v in os.environ.items() if k not in set(unset)}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={
+            **clean,
+            "DJANGO_SETTINGS_MODULE": "cleanupsite.settings",
+            "ENV_FILE": os.devnull,
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_bench(script: str, *args: str, tmp_path: Path, timeout: float) -> Any:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from cleanups.models import CleanupRun, CleanupSchedule
 from tests.conftest import ROOT
@@ -176,3 +178,53 @@ def _wait_for(predicate, timeout: float = 20.0):
     from tests.conftest import wait_until
 
     return wait_until(predicate, timeout=timeout)
+
+
+def test_the_schedule_page_draws_lateness_under_each_runs_duration(
+    page, live_server, engine_port, make_schedule
+):
+    schedule = make_schedule(name="browser lateness", desired_state="stopped")
+    base = timezone.now() - timedelta(hours=1)
+    # 12 runs a minute apart: 11 planned (one of them two hours late), one manual (no mark).
+    lateness_ms = [40, 15, 22, None, 31, 18, 2 * 3600 * 1000, 27, 12, 35, 20, 25]
+    CleanupRun.objects.bulk_create(
+        CleanupRun(
+            schedule=schedule,
+            iteration=n + 1,
+            status="succeeded",
+            trigger="manual" if late is None else "scheduled",
+            task=schedule.task,
+            planned_at=None if late is None else base + timedelta(minutes=n),
+            started_at=base + timedelta(minutes=n, milliseconds=late or 0),
+            duration=timedelta(milliseconds=100 + 10 * n),
+            items_deleted=n,
+        )
+        for n, late in enumerate(lateness_ms)
+    )
+    first = CleanupRun.objects.get(schedule=schedule, iteration=1)
+
+    page.goto(f"{live_server.url}/schedules/{schedule.pk}/")
+
+    strip = page.locator("svg.lateness-strip")
+    assert strip.is_visible()
+    assert strip.get_attribute("role") == "img"
+    marks = strip.locator("rect.lateness-bar")
+    assert marks.count() == 11
+    when = timezone.localtime(first.planned_at).strftime("%H:%M:%S")
+    assert marks.first.locator("title").text_content() == f"#1 planned {when}, started +40 ms"
+    clipped = strip.locator("rect.lateness-clipped")
+    assert clipped.count() == 1
+    assert clipped.locator("title").text_content().endswith("started +2 h (off the scale)")
+    assert strip.locator("polygon.lateness-caret").is_visible()
+    # The outlier does not flatten the rest: the 12 ms run's bar is still some pixels tall.
+    heights = [marks.nth(i).bounding_box()["height"] for i in range(marks.count())]
+    assert min(heights) > 5, heights
+    # Each mark sits under its run's duration bar: run #5 is the 5th bar above, the 4th below.
+    bars = page.locator("figure.run-chart svg").first.locator("rect.bar")
+    assert bars.count() == 12
+    above, below = bars.nth(4).bounding_box(), marks.nth(3).bounding_box()
+    assert abs(above["x"] - below["x"]) < 0.5 and abs(above["width"] - below["width"]) < 0.5
+    assert below["y"] > above["y"] + above["height"]
+    summary = page.inner_text("#lateness-summary")
+    assert summary.startswith("Start lateness: p50 ") and "over the last 11 planned runs" in summary
+    page.locator("figure.run-chart").screenshot(path=str(SHOTS / "13-schedule-lateness.png"))

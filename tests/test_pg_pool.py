@@ -3,9 +3,7 @@ connection from the pool instead of opening (forking) a new server backend each.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 from datetime import timedelta
 from typing import Any
@@ -19,7 +17,7 @@ from django.db.backends.signals import connection_created
 from cleanups.durable.activities import run_cleanup
 from cleanups.models import CleanupRun, CleanupSchedule
 from cleanupsite import dbpool
-from tests.conftest import ROOT, runs_of, wait_until
+from tests.conftest import manage, runs_of, wait_until
 
 POSTGRESQL = "django.db.backends.postgresql"
 POOL_VARIABLES = [
@@ -157,21 +155,14 @@ def test_a_pool_with_persistent_connections_is_refused_up_front(pool_env):
 def _settings_process(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """manage.py with the project's own settings on a PostgreSQL DATABASE_URL (nobody listens
     there: reading the settings connects to nothing)."""
-    clean = {k: v for k, v in os.environ.items() if k not in POOL_VARIABLES}
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={
-            **clean,
-            "DJANGO_SETTINGS_MODULE": "cleanupsite.settings",
-            "ENV_FILE": os.devnull,
+    return manage(
+        *args,
+        unset=POOL_VARIABLES,
+        **{
             "SECRET_KEY": "x",
             "DATABASE_URL": "postgres://cleanups@127.0.0.1:9/cleanups",
             **env,
         },
-        capture_output=True,
-        text=True,
-        timeout=60,
     )
 
 

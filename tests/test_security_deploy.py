@@ -20,7 +20,7 @@ from django.contrib.auth import authenticate
 from django.core.management import call_command
 
 from cleanupsite.settings import _proxy_ssl_header
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT, free_port, manage, wait_until
 
 HTTPS = {
     "SECURE_SSL_REDIRECT": "true",
@@ -43,20 +43,7 @@ def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """manage.py with the real settings and only the given deployment variables."""
     # The browser tests set DJANGO_ALLOW_ASYNC_UNSAFE for Playwright; a deployment never would.
     unset = {"ALLOWED_HOSTS", "DEBUG", "SECRET_KEY", "DJANGO_ALLOW_ASYNC_UNSAFE", *HTTPS}
-    clean = {k: v for k, v in os.environ.items() if k not in unset}
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={
-            **clean,
-            "DJANGO_SETTINGS_MODULE": "cleanupsite.settings",
-            "ENV_FILE": os.devnull,
-            **env,
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return manage(*args, unset=unset, **env)
 
 
 def test_deploy_check_passes_with_the_https_settings_from_the_environment():

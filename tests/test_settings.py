@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 from django.db import connection
 
-from tests.conftest import ROOT
+from tests.conftest import manage
 
 
 def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={
-            **clean,
-            "DJANGO_SETTINGS_MODULE": "cleanupsite.settings",
-            "ENV_FILE": os.devnull,
-            **env,
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return manage(*args, unset={"SECRET_KEY", "DEBUG"}, **env)
 
 
 def test_missing_secret_key_with_debug_off_stops_with_one_clear_line():

@@ -156,8 +156,9 @@ def execute_iteration(
             connections.close_all()
             _wait_until(planned)
             started_at = timezone.now()
-            if delivery_lost():
-                raise WorkerStopping("the engine that handed this run over took it back")
+        if delivery_lost():
+            raise WorkerStopping("the engine that handed this run over took it back")
+        if started_at is not None:
             schedule = CleanupSchedule.objects.filter(pk=schedule_id).first()
             refused = _refusal(schedule, schedule_id, iteration, part, generation)
             if refused is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import enum
 import functools
 import heapq
@@ -190,41 +191,50 @@ class _StartsOnTime:
     stays free for the orchestrations meanwhile. These threads exist only from a run's hand-over
     to its end."""
 
-    # Runs waiting for their time at once, each on a thread: a larger herd waits for a slot
-    # on the SDK's pool, so a fleet never costs more threads than this.
+    # Runs waiting for their time at once, each on a thread of its own: a larger herd queues,
+    # and each of these threads, its run done, takes the next queued one. The SDK's pool is
+    # never blocked by them (its threads also step the orchestrations).
     MOST_AT_ONCE = 128
     ACTIVITY = "run_cleanup"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._slots = threading.BoundedSemaphore(self.MOST_AT_ONCE)
+        self._ahead_lock = threading.Lock()
+        self._ahead_threads = 0
+        self._ahead_queue: collections.deque[tuple[Any, ...]] = collections.deque()
 
     def _execute_activity(self, req: pb.ActivityRequest, stub: Any, completionToken: Any) -> None:
         stub = _KeepsBackStopping(stub)
         planned = _planned_start(req, self.ACTIVITY)
-        if planned is not None and planned > datetime.now(UTC):
-            # The stream it came on: if that ends before its time, its engine takes the work
-            # back (or is gone), and another delivery, not this one, runs it.
-            stream = getattr(self, "_response_stream", None)
-            self._slots.acquire()
-            threading.Thread(
-                target=self._run_ahead,
-                args=(req, stub, completionToken, stream),
-                name="cleanup-run-ahead",
-                daemon=True,
-            ).start()
-            return
-        super()._execute_activity(req, stub, completionToken)  # type: ignore[misc]
-
-    def _run_ahead(
-        self, req: pb.ActivityRequest, stub: Any, completionToken: Any, stream: Any
-    ) -> None:
-        _HANDED_OVER.still_held = lambda: stream is None or stream.is_active()
-        try:
+        if planned is None or planned <= datetime.now(UTC):
             super()._execute_activity(req, stub, completionToken)  # type: ignore[misc]
-        finally:
-            _HANDED_OVER.still_held = None
-            self._slots.release()
+            return
+        # The stream it came on: if that ends before its time, its engine takes the work back
+        # (or is gone), and another delivery, not this one, runs it.
+        work = (req, stub, completionToken, getattr(self, "_response_stream", None))
+        with self._ahead_lock:
+            if self._ahead_threads >= self.MOST_AT_ONCE:
+                self._ahead_queue.append(work)
+                return
+            self._ahead_threads += 1
+        threading.Thread(
+            target=self._run_ahead, args=(work,), name="cleanup-run-ahead", daemon=True
+        ).start()
+
+    def _run_ahead(self, work: tuple[Any, ...] | None) -> None:
+        while work is not None:
+            req, stub, completionToken, stream = work
+            _HANDED_OVER.still_held = lambda stream=stream: stream is None or stream.is_active()
+            try:
+                super()._execute_activity(req, stub, completionToken)  # type: ignore[misc]
+            except Exception:
+                _WORKER_LOGGER.exception("A run handed over ahead failed outside its activity.")
+            finally:
+                _HANDED_OVER.still_held = None
+            with self._ahead_lock:
+                work = self._ahead_queue.popleft() if self._ahead_queue else None
+                if work is None:
+                    self._ahead_threads -= 1
 
 
 # Per thread: whether the run this thread holds ahead of its time is still this worker's.
