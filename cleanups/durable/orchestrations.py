@@ -46,7 +46,6 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
     while trigger != "manual" and run_at and _naive_utc(run_at) - lead > ctx.current_utc_datetime:
         ctx.set_custom_status({"iteration": iteration, "state": "waiting", "next_run_at": run_at})
         timer = ctx.create_timer(_naive_utc(run_at) - lead)
-        run_now = run_now or ctx.wait_for_external_event(RUN_NOW_EVENT)
         winner = yield task.when_any([timer, run_now])
         if winner is run_now:
             # An extra run right away; the schedule's own next run stays where it was.
@@ -80,11 +79,7 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
         # (this timer fires only then), the same iteration is planned again, and the missed-run
         # policy applies to it if its time went by.
         yield ctx.create_timer(ctx.current_utc_datetime + timedelta(seconds=DEFERRED_SECONDS))
-        asked = run_now is not None and run_now.is_complete and trigger != "manual"
-        ctx.continue_as_new(
-            {**input, "run_now": (run_now.get_result() or {}) if asked else input.get("run_now")},
-            save_events=True,
-        )
+        ctx.continue_as_new({**input, "run_now": _carried(run_now, trigger)}, save_events=True)
         return None
     while result.get("more"):
         # A long cleanup resumes in parts; each part's progress shows in the custom status.
@@ -112,7 +107,6 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
     # A "run now" that came in with the timer, or during the run, completed the waiter this loop
     # no longer looks at: the next loop runs it first. (One that comes later is carried by the
     # engine: save_events.)
-    asked = run_now is not None and run_now.is_complete and trigger != "manual"
     ctx.continue_as_new(
         {
             "schedule_id": schedule_id,
@@ -123,11 +117,18 @@ def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
             "max_run_seconds": result.get("max_run_seconds", limit),
             "lead_seconds": result.get("lead_seconds", input.get("lead_seconds", 0)),
             "generation": input.get("generation"),
-            "run_now": (run_now.get_result() or {}) if asked else None,
+            "run_now": _carried(run_now, trigger),
         },
         save_events=True,
     )
     return None
+
+
+def _carried(run_now: task.Task[Any] | None, trigger: str) -> dict[str, Any] | None:
+    """A "run now" that came in and that this execution did not run: the next one runs it."""
+    if run_now is None or not run_now.is_complete or trigger == "manual":
+        return None
+    return run_now.get_result() or {}
 
 
 def _run_part(

@@ -207,11 +207,7 @@ class Reconciler:
         if time.monotonic() - first < settings.STUCK_RUN_GRACE_SECONDS:
             return False
         del self._resuming_since[schedule.instance_id]
-        try:
-            end_orchestration(get_client(), schedule, "its resume was lost", timeout=10)
-            start_orchestration(schedule)
-        except Exception as error:  # the next pass tries again
-            logger.warning("reconciler: could not restart %s: %s", schedule, error)
+        if not _restart(schedule, "its resume was lost"):
             return True
         CleanupSchedule.objects.filter(pk=schedule.pk).update(
             status_reason="Restarted: the engine kept it suspended although it was resumed."
@@ -305,11 +301,7 @@ class Reconciler:
                     "s past the planned run (a step lost with a worker)."
                 )
             CleanupSchedule.objects.filter(pk=schedule.pk).update(status_reason=reason)
-            try:
-                end_orchestration(get_client(), schedule, "its run was lost", timeout=10)
-                start_orchestration(schedule)
-            except Exception as error:  # the next pass tries again
-                logger.warning("reconciler: could not restart %s: %s", schedule, error)
+            if not _restart(schedule, "its run was lost"):
                 continue
             logger.warning("reconciler: schedule %s: %s", schedule, reason)
             observed.pop(schedule.instance_id, None)
@@ -359,3 +351,15 @@ def mark_interrupted(
     if count:
         logger.warning("reconciler: marked %d run(s) of dead workers interrupted", count)
     return count
+
+
+def _restart(schedule: CleanupSchedule, why: str) -> bool:
+    """End the schedule's orchestration and start it again, its count going on; False (and a
+    warning) if the engine would not: the next pass tries again."""
+    try:
+        end_orchestration(get_client(), schedule, why, timeout=10)
+        start_orchestration(schedule)
+    except Exception as error:
+        logger.warning("reconciler: could not restart %s: %s", schedule, error)
+        return False
+    return True
