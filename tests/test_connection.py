@@ -6,6 +6,7 @@ import socket
 import time
 from unittest import mock
 
+import grpc
 import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
@@ -180,3 +181,19 @@ def test_a_client_reaches_an_engine_that_came_back_within_a_second_or_so(engine_
                 time.sleep(0.05)
     finally:
         engine.stop(grace=0.5)
+
+
+def test_a_new_client_reaches_a_new_engine_on_a_port_an_old_one_used(engine_port):
+    # The test suite's engines (and a runworker restarted on its port) come back on a port an
+    # earlier engine used. A client built for the new one must not share the old client's
+    # connection, which failed when that engine went away and fails every call until it retries.
+    for _ in range(5):
+        engine = CountingEngine(engine_port)
+        engine.start()
+        try:
+            client = connection.build_client(connection.engine_config(), 3.0)
+            client.get_orchestration_state("nobody")  # raises if it shares a failed connection
+        finally:
+            engine.stop(grace=0)
+        with pytest.raises(grpc.RpcError):
+            client.get_orchestration_state("nobody")  # the old client's connection is down now

@@ -139,8 +139,12 @@ def _credential(config: EngineConfig) -> Any:
 # gRPC waits up to 120 s between attempts to reach an engine that was down, and fails every call
 # in between at once: a web process would report an engine that is back as unreachable for
 # minutes after a runworker restart. Retry the connection at least once a second instead.
+# And give each client connections of its own: gRPC shares them between channels to the same
+# address by default, so a new client for an engine that is up would inherit the failing state
+# of an older client's connection to an engine that was on that port before, and fail at once.
 _CLIENT_CHANNEL = GrpcChannelOptions(
     raw_options=[
+        ("grpc.use_local_subchannel_pool", 1),
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
@@ -308,6 +312,7 @@ def build_worker(
             host_address=config.address,
             secure_channel=False,
             concurrency_options=concurrency,
+            channel_options=_CLIENT_CHANNEL,
             logger=_WORKER_LOGGER,
         )
     return OnTimeSchedulerWorker(
@@ -316,6 +321,7 @@ def build_worker(
         token_credential=_credential(config),
         secure_channel=config.secure,
         concurrency_options=concurrency,
+        channel_options=_CLIENT_CHANNEL,
         logger=_WORKER_LOGGER,
     )
 
