@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models.deletion import CASCADE, get_candidate_relations_to_delete
+
+from cleanups.conf import settings
 
 # Their rows are the site's users, audit trail, sessions and our own records: never a target
 # unless a deployer lists them in CLEANUP_ALLOWED_MODELS.

@@ -3,9 +3,9 @@
 from typing import Any
 
 from django.apps import apps
-from django.conf import settings
 from django.core.checks import Error, register
 
+from cleanups.conf import settings
 from cleanups.durable.connection import EngineConfigError, engine_config
 
 

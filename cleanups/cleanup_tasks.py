@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from django.apps import apps
-from django.conf import settings
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import models
 from django.utils import timezone
 
+from cleanups.conf import settings
 from cleanups.registry import (
     CleanupContext,
     Params,

@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
-from django.conf import settings
 from django.db import connections
 from django.db.models import Case, F, OuterRef, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce, Greatest
@@ -28,6 +27,7 @@ from durabletask import client as dt_client
 from durabletask.internal import orchestrator_service_pb2 as pb
 
 from cleanups.cadence import UncomputableRun
+from cleanups.conf import settings
 from cleanups.durable.activities import dispatch_lead_seconds, record_overdue_slots
 from cleanups.durable.connection import get_client
 from cleanups.durable.orchestrations import RUN_NOW_EVENT

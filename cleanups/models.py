@@ -8,7 +8,6 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import connections, models
@@ -17,6 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from cleanups import cadence
+from cleanups.conf import settings
 from cleanups.log import has_control_characters
 from cleanups.registry import get_task, task_choices
 

@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import permission_required
@@ -56,6 +55,7 @@ from django.utils.safestring import mark_safe
 
 from cleanups.cadence import preview_times
 from cleanups.charts import lateness_chart, run_chart
+from cleanups.conf import settings
 from cleanups.control import (
     EngineUnavailable,
     engine_call,

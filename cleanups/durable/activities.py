@@ -13,7 +13,6 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import mail_admins, send_mail
 from django.db import connections, transaction
@@ -22,6 +21,7 @@ from django.utils import timezone
 from durabletask import task
 
 from cleanups.cadence import UncomputableRun
+from cleanups.conf import settings
 from cleanups.durable.connection import delivery_lost
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
 from cleanups.registry import CleanupContext, get_task

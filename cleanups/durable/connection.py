@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
-from django.conf import settings
 from durabletask import client as dt_client
 from durabletask import worker as dt_worker
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
@@ -32,6 +31,8 @@ from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from durabletask.internal.grpc_interceptor import _ClientCallDetails
 from durabletask.testing import InMemoryOrchestrationBackend
 from durabletask.testing.in_memory_backend import ActivityWorkItem, OrchestrationInstance
+
+from cleanups.conf import settings
 
 EMBEDDED_HOST = "127.0.0.1"
 # The SDK's loggers, named so Django's LOGGING settings govern them.

@@ -13,12 +13,12 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from django.conf import settings
 from django.db import DatabaseError, connections
 from django.db.models import F, QuerySet
 from django.utils import timezone
 from durabletask.client import OrchestrationState
 
+from cleanups.conf import settings
 from cleanups.control import (
     LIVE_STATUSES,
     EngineUnavailable,

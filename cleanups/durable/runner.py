@@ -8,9 +8,9 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from django.conf import settings
 from durabletask import worker as dt_worker
 
+from cleanups.conf import settings
 from cleanups.durable import activities
 from cleanups.durable.activities import worker_id
 from cleanups.durable.connection import (

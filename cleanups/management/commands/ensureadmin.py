@@ -7,9 +7,10 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
+
+from cleanups.conf import settings
 
 
 class Command(BaseCommand):
@@ -22,7 +23,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--password-file", default=str(Path(settings.BASE_DIR) / ".local" / "admin-password")
+            "--password-file",
+            default=str(Path(getattr(settings, "BASE_DIR", ".")) / ".local" / "admin-password"),
         )
 
     def handle(self, *args: Any, **options: Any) -> None:

@@ -84,7 +84,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from django.conf import settings
+        from cleanups.conf import settings
 
         if options["list_tasks"]:
             for task in all_tasks():

@@ -1,0 +1,68 @@
+"""Every setting the cleanups app reads, with its default: a host project sets in its own settings
+only what it changes. The app reads them through ``cleanups.conf.settings`` (never
+``django.conf.settings`` directly), which looks each one up in the project's settings first, at
+every access, so ``override_settings`` and the test suite's ``settings`` fixture apply as usual.
+
+The demo site (``cleanupsite``) fills them from environment variables; a host project may do the
+same, or write them down. The README's "Settings" table lists them with the same defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+
+DEFAULTS: dict[str, Any] = {
+    # The Durable Task engine, named as in the eternal-orchestrations sample. ENDPOINT empty:
+    # runworker hosts the embedded engine on EMBEDDED_ENGINE_PORT (loopback only).
+    "ENDPOINT": "",
+    "TASKHUB": "default",
+    "EMBEDDED_ENGINE_PORT": "4001",
+    # A user-assigned managed identity's client id for the Durable Task Scheduler (empty: the
+    # default Azure credential chain).
+    "AZURE_CLIENT_ID": "",
+    # Every client call to the engine gives up after this long (s).
+    "ENGINE_CALL_TIMEOUT": 5.0,
+    # Purging a task hub can take longer than an ordinary engine call (s).
+    "PURGE_CALL_TIMEOUT": 300.0,
+    # How often runworker compares desired state with the engine (s).
+    "RECONCILE_INTERVAL": 5.0,
+    # The timer of the sample's bare-integer loop (s).
+    "SAMPLE_TIMER_SECONDS": 15.0,
+    # Directories delete_old_files may clean; nothing outside them (none by default).
+    "CLEANUP_ALLOWED_DIRS": [],
+    # Models delete_old_rows may name (app_label.Model). Empty: every installed model except
+    # those of auth, admin, contenttypes, sessions and cleanups.
+    "CLEANUP_ALLOWED_MODELS": [],
+    # Fields no filter may name (field, or app_label.Model.field); password fields always.
+    "CLEANUP_PROTECTED_FIELDS": ["password"],
+    # A long cleanup runs in parts of about this long each (s).
+    "CLEANUP_PART_SECONDS": 20.0,
+    # A run longer than this is recorded as timed out (s; a schedule's own limit wins; 0: none).
+    "CLEANUP_MAX_RUN_SECONDS": 3600,
+    # A scheduled run is handed to its worker this long before its planned time (s).
+    "CLEANUP_DISPATCH_LEAD_SECONDS": 1.5,
+    # A live orchestration whose run was interrupted and not redelivered within this is
+    # restarted by the reconciler (s).
+    "STUCK_RUN_GRACE_SECONDS": 60.0,
+    # runworker stops within about this long (s).
+    "WORKER_STOP_SECONDS": 20.0,
+    # A scheduled run that starts more than this late has missed its slot (s).
+    "MISSED_RUN_GRACE_SECONDS": 2.0,
+    # A failed orchestration is restarted after 5 s, 10 s, 20 s... at most this (s).
+    "RECOVERY_BACKOFF_MAX_SECONDS": 300.0,
+}
+
+
+class _Settings:
+    """The project's value of a cleanups setting, or the app's default; any other setting as the
+    project has it."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in DEFAULTS:
+            return getattr(django_settings, name, DEFAULTS[name])
+        return getattr(django_settings, name)
+
+
+settings = _Settings()
