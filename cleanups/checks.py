@@ -40,3 +40,45 @@ def check_allowed_models(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 )
             )
     return errors
+
+
+# The app's numeric settings and the least each may be (``exclusive``: it must be more than that).
+_NUMBERS: dict[str, tuple[float, bool]] = {
+    "ENGINE_CALL_TIMEOUT": (0, True),
+    "PURGE_CALL_TIMEOUT": (0, True),
+    "RECONCILE_INTERVAL": (0, True),
+    "SAMPLE_TIMER_SECONDS": (0, True),
+    "CLEANUP_PART_SECONDS": (0, True),
+    "CLEANUP_MAX_RUN_SECONDS": (0, False),
+    "CLEANUP_DISPATCH_LEAD_SECONDS": (0, False),
+    "STUCK_RUN_GRACE_SECONDS": (0, False),
+    "WORKER_STOP_SECONDS": (0, False),
+    "MISSED_RUN_GRACE_SECONDS": (0, False),
+    "RECOVERY_BACKOFF_MAX_SECONDS": (0, True),
+}
+_LISTS = ("CLEANUP_ALLOWED_DIRS", "CLEANUP_ALLOWED_MODELS", "CLEANUP_PROTECTED_FIELDS")
+
+
+@register()
+def check_setting_values(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """A host project writes these settings by hand: a string where a number belongs, or a
+    negative timeout, would otherwise surface as a traceback deep in a worker thread."""
+    errors = []
+    for name, (least, exclusive) in _NUMBERS.items():
+        value = getattr(settings, name)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or value < least or (exclusive and value == least):
+            bound = f"more than {least}" if exclusive else f"at least {least}"
+            errors.append(
+                Error(
+                    f"{name} is {value!r}: it must be a number of seconds {bound}.",
+                    id="cleanups.E003",
+                )
+            )
+    for name in _LISTS:
+        value = getattr(settings, name)
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            errors.append(
+                Error(f"{name} is {value!r}: it must be a list of strings.", id="cleanups.E003")
+            )
+    return errors

@@ -8,7 +8,21 @@ import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
+
+class _Env(environ.Env):
+    """django-environ, but a value that does not parse (RECONCILE_INTERVAL=abc) stops the
+    process with one line naming the variable instead of a traceback from deep in the parser."""
+
+    def get_value(self, var, cast=None, default=environ.Env.NOTSET, parse_default=False):  # type: ignore[no-untyped-def]
+        try:
+            return super().get_value(var, cast=cast, default=default, parse_default=parse_default)
+        except (ValueError, TypeError):
+            kind = {float: "a number", int: "a whole number"}.get(cast, "valid")
+            raw = self.ENVIRON.get(var, "")
+            sys.exit(f"cleanups: {var}={raw!r} is not {kind}.")
+
+
+env = _Env()
 env_file = env.path("ENV_FILE", default=str(BASE_DIR / ".env"))
 if Path(env_file).is_file():
     env.read_env(str(env_file))

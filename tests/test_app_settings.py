@@ -58,3 +58,51 @@ def test_the_demo_sites_defaults_are_the_apps_defaults():
     result = manage("shell", "-c", script, unset=set(conf.DEFAULTS), DEBUG="true")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == conf.DEFAULTS
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        ("RECONCILE_INTERVAL", "abc", "cleanups: RECONCILE_INTERVAL='abc' is not a number."),
+        (
+            "CLEANUP_MAX_RUN_SECONDS",
+            "1.5",
+            "cleanups: CLEANUP_MAX_RUN_SECONDS='1.5' is not a whole number.",
+        ),
+        (
+            "CLEANUP_DISPATCH_LEAD_SECONDS",
+            "soon",
+            "cleanups: CLEANUP_DISPATCH_LEAD_SECONDS='soon' is not a number.",
+        ),
+    ],
+)
+def test_a_value_the_demo_site_cannot_parse_stops_it_with_one_line(variable, value, line):
+    result = manage("check", DEBUG="true", **{variable: value})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [line]
+
+
+def test_a_number_out_of_range_is_a_system_check_error_not_a_traceback():
+    result = manage("check", DEBUG="true", RECONCILE_INTERVAL="-1", WORKER_STOP_SECONDS="0")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert (
+        "(cleanups.E003) RECONCILE_INTERVAL is -1.0: it must be a number of seconds more than 0."
+        in result.stderr
+    )
+    assert "WORKER_STOP_SECONDS" not in result.stderr  # 0 is allowed there
+
+
+def test_a_host_projects_hand_written_settings_are_checked(settings):
+    from cleanups.checks import check_setting_values
+
+    assert check_setting_values() == []
+    settings.ENGINE_CALL_TIMEOUT = "5"
+    settings.CLEANUP_ALLOWED_DIRS = "/var/tmp"  # a string, not a list: would allow "/", "v"...
+    settings.MISSED_RUN_GRACE_SECONDS = True
+    messages = [error.msg for error in check_setting_values()]
+    assert messages == [
+        "ENGINE_CALL_TIMEOUT is '5': it must be a number of seconds more than 0.",
+        "MISSED_RUN_GRACE_SECONDS is True: it must be a number of seconds at least 0.",
+        "CLEANUP_ALLOWED_DIRS is '/var/tmp': it must be a list of strings.",
+    ]
