@@ -6,11 +6,17 @@ from datetime import timedelta
 from typing import Any
 
 from django import template
+from django.contrib.humanize.templatetags import humanize
 from django.utils import timezone
 
 from cleanups.formatting import seconds_label
 
 register = template.Library()
+
+# Django's own humanize filters, served from this library: a project that installs the app need
+# not add django.contrib.humanize to its INSTALLED_APPS for the pages to render.
+register.filter("intcomma", humanize.intcomma, is_safe=True)
+register.filter("naturaltime", humanize.naturaltime)
 
 
 @register.filter
