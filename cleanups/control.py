@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 from django.db import connections
-from django.db.models import Case, F, OuterRef, QuerySet, Subquery, Value, When
+from django.db.models import Case, F, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 from durabletask import client as dt_client
@@ -58,6 +58,23 @@ _UNREACHABLE_CODES = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED,
 }
+
+
+# Why a schedule is stopped, once an operator ended it (an earlier "Paused by an operator." or
+# failure reason would otherwise stay on it).
+TERMINATED_BY_OPERATOR = "Terminated by an operator."
+
+
+def _terminated_reason() -> Any:
+    """The reason a terminate leaves: the operator's, unless the schedule was stopped already
+    (then its own, "Completed after ..." say, stays). SQL reads the row as it was before."""
+    return Case(
+        When(
+            ~Q(desired_state=CleanupSchedule.DesiredState.STOPPED),
+            then=Value(TERMINATED_BY_OPERATOR),
+        ),
+        default=F("status_reason"),
+    )
 
 
 class EngineUnavailable(Exception):
@@ -176,7 +193,12 @@ def end_orchestration(
 def terminate_schedule(schedule: CleanupSchedule) -> ControlOutcome:
     """Mark the schedule stopped and terminate its orchestration if it is live."""
     before = CleanupSchedule.objects.filter(pk=schedule.pk).first() or schedule
-    _new_generation(schedule, desired_state=CleanupSchedule.DesiredState.STOPPED, next_run_at=None)
+    _new_generation(
+        schedule,
+        desired_state=CleanupSchedule.DesiredState.STOPPED,
+        next_run_at=None,
+        status_reason=_terminated_reason(),
+    )
     record_overdue_slots(before)
     _interrupt_waiting_runs([schedule.pk], ENDED_BETWEEN_ATTEMPTS)
     try:
@@ -606,7 +628,10 @@ def terminate_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
     pks = list(queryset.values_list("pk", flat=True))
     was_alive = CleanupSchedule.objects.filter(pk__in=pks).exclude(desired_state=STOPPED).count()
     CleanupSchedule.objects.filter(pk__in=pks).update(
-        desired_state=STOPPED, next_run_at=None, generation=F("generation") + 1
+        desired_state=STOPPED,
+        next_run_at=None,
+        generation=F("generation") + 1,
+        status_reason=_terminated_reason(),
     )
     for schedule in overdue:
         record_overdue_slots(schedule)
