@@ -26,6 +26,7 @@ from cleanups.control import (
     fetch_runtime_states,
     runtime_status_label,
 )
+from cleanups.declared import DEFINITION_FIELDS
 from cleanups.formatting import human_duration
 from cleanups.forms import CleanupScheduleForm
 from cleanups.models import CleanupRun, CleanupSchedule
@@ -126,6 +127,27 @@ def _swap(fields: Any, replacements: dict[str, str | None]) -> list[str]:
     return [name for name in swapped if name is not None]
 
 
+class ManagedInCodeFilter(admin.SimpleListFilter):
+    title = "managed in code"
+    parameter_name = "managed_in_code"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Yes (read-only definition)"), ("no", "No (managed here)")]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]
+    ) -> QuerySet[CleanupSchedule]:
+        if self.value() == "yes":
+            return queryset.exclude(managed_by="")
+        if self.value() == "no":
+            return queryset.filter(managed_by="")
+        return queryset
+
+
+def _is_managed_in_code(schedule: Any) -> bool:
+    return bool(schedule is not None and getattr(schedule, "managed_by", ""))
+
+
 def _status_badge(status: str, label: str) -> SafeString:
     return SafeString(
         render_to_string("cleanups/_status.html", {"status": status, "label": label}).strip()
@@ -145,8 +167,9 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
         "last_run",
         "next_run",
         "run_history",
+        "managed_in_code",
     ]
-    list_filter = ["desired_state", "task"]
+    list_filter = ["desired_state", "task", ManagedInCodeFilter]
     search_fields = ["name"]
     actions = [
         "start_schedules",
@@ -232,14 +255,59 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
         # A schedule being added has no state yet: show only what the operator fills in.
         if obj is None:
             return self.fieldsets[:3]
-        if _may_view_runs(request):
-            return self.fieldsets
-        # Runs' error text and the links to run pages are for those who may view runs.
-        hidden = {"last_error": None, "run_history": "overview"}
-        return [
-            (title, {**options, "fields": _swap(options["fields"], hidden)})
-            for title, options in self.fieldsets
-        ]
+        fieldsets = self.fieldsets
+        if not _may_view_runs(request):
+            # Runs' error text and the links to run pages are for those who may view runs.
+            hidden = {"last_error": None, "run_history": "overview"}
+            fieldsets = [
+                (title, {**options, "fields": _swap(options["fields"], hidden)})
+                for title, options in fieldsets
+            ]
+        if _is_managed_in_code(obj):
+            notice = (
+                None,
+                {
+                    "fields": ["managed_in_code_notice"],
+                    "classes": ["managed-in-code"],
+                },
+            )
+            fieldsets = [notice, *fieldsets]
+        return fieldsets
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if _is_managed_in_code(obj):
+            # Its definition is the code's: the next syncschedules would undo an edit here.
+            return [*DEFINITION_FIELDS, "managed_in_code_notice", *self.readonly_fields]
+        return self.readonly_fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # A schedule declared in code is view-only here (its actions, which ask for the change
+        # permission without a schedule, stay available on the list).
+        if _is_managed_in_code(obj):
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The next syncschedules would create it again, without its history: remove it from
+        # the code instead (it is then stopped and handed back here).
+        if _is_managed_in_code(obj):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    @admin.display(description="Managed in code")
+    def managed_in_code_notice(self, schedule: CleanupSchedule) -> str:
+        return format_html(
+            "<strong>{}</strong> (declared state: {})<br>Its definition is read-only here: "
+            "change it in the code and run <code>manage.py syncschedules</code>. Pause, resume, "
+            "run now, restart and terminate work as for any schedule; an operator's pause or "
+            "start stands until the code declares another <code>state</code>.",
+            schedule.managed_by,
+            schedule.declared_state or "–",
+        )
+
+    @admin.display(description="Managed in code", ordering="managed_by")
+    def managed_in_code(self, schedule: CleanupSchedule) -> str:
+        return schedule.managed_by or "–"
 
     def get_list_display(self, request: HttpRequest) -> Any:
         if _may_view_runs(request):

@@ -52,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
     "MISSED_RUN_GRACE_SECONDS": 2.0,
     # A failed orchestration is restarted after 5 s, 10 s, 20 s... at most this (s).
     "RECOVERY_BACKOFF_MAX_SECONDS": 300.0,
+    # Schedules declared in code: name -> the admin form's fields (and "state"), created and
+    # updated by `manage.py syncschedules` (README, "Schedules in code"). Empty: none.
+    "CLEANUP_SCHEDULES": {},
 }
 
 

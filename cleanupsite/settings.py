@@ -208,6 +208,10 @@ MISSED_RUN_GRACE_SECONDS = env.float("MISSED_RUN_GRACE_SECONDS", default=2.0)
 # A failed orchestration (not a failed cleanup) is restarted after 5 s, 10 s, 20 s... at most this.
 RECOVERY_BACKOFF_MAX_SECONDS = env.float("RECOVERY_BACKOFF_MAX_SECONDS", default=300.0)
 
+# Schedules declared in code: name -> the admin form's fields and a state (README, "Schedules in
+# code"), as JSON here; a project of your own writes the dict in its settings.
+CLEANUP_SCHEDULES = env.json("CLEANUP_SCHEDULES", default={})
+
 # Purging a task hub can take longer than an ordinary engine call.
 PURGE_CALL_TIMEOUT = env.float("PURGE_CALL_TIMEOUT", default=300.0)
 

@@ -205,7 +205,7 @@ def execute_iteration(
             )
         cleanup.params = task_spec.clean_params(schedule.params)
         # Rights change: the editor must still be entitled to every deletion, at every run.
-        cleanup.entitlement = task_spec.entitle(cleanup.params, lambda: schedule.changed_by)
+        cleanup.entitlement = task_spec.entitle(cleanup.params, lambda: schedule.deletes_as)
         message = task_spec.function(cleanup) or ""
         status = Status.SUCCEEDED
     except Exception as exc:  # a failing cleanup is a failed run, never a failed loop

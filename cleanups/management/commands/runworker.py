@@ -82,6 +82,13 @@ class Command(BaseCommand):
             default=None,
             help="Seconds between reconciler passes (default RECONCILE_INTERVAL, 5).",
         )
+        parser.add_argument(
+            "--sync",
+            action="store_true",
+            help="Before starting, sync the schedules declared in code (as `manage.py "
+            "syncschedules`, without --adopt); an invalid declaration stops it with one line "
+            "per problem, nothing applied.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from cleanups.conf import settings
@@ -104,6 +111,8 @@ class Command(BaseCommand):
             raise CommandError(
                 "the database is not migrated: run `python manage.py migrate` first."
             )
+        if options["sync"]:
+            self._sync()
         connection.close()
 
         host = WorkerHost(
@@ -127,3 +136,25 @@ class Command(BaseCommand):
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(0)
+
+    def _sync(self) -> None:
+        """syncschedules before the engine is up: the desired states it writes are what this
+        worker's reconciler makes the engine agree with on its first pass."""
+        from cleanups import declared
+
+        self.stdout.write("Syncing the schedules declared in code...")
+        try:
+            result = declared.sync()
+        except declared.DeclarationError as error:
+            for problem in error.problems:
+                self.stderr.write(problem)
+            count = len(error.problems)
+            raise CommandError(
+                f"{count} problem{'' if count == 1 else 's'} in the declared schedules; nothing "
+                "was applied and the worker did not start.",
+                returncode=2,
+            ) from None
+        for line in [*result.plan.lines(), *(f"warning: {w}" for w in result.warnings)]:
+            self.stdout.write(line)
+        self.stdout.write(result.plan.summary(applied=True))
+        self.stdout.flush()
