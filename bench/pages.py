@@ -175,6 +175,9 @@ def fill_schedules(count: int, now: datetime) -> None:
                 "UTC",
                 0,  # generation
                 when(now - timedelta(minutes=3)) if pk % 100 == 3 else None,  # recovering_since
+                "",  # managed_by: made in the admin
+                "",  # declared_state
+                "[]",  # alert_webhooks
             )
 
     columns = [
@@ -205,6 +208,9 @@ def fill_schedules(count: int, now: datetime) -> None:
         "timezone",
         "generation",
         "recovering_since",
+        "managed_by",
+        "declared_state",
+        "alert_webhooks",
     ]
     insert(CleanupSchedule._meta.db_table, columns, rows(), count, "schedules")
 

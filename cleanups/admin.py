@@ -222,6 +222,7 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
                     "max_run_seconds",
                     "pause_after_failures",
                     "notify_email",
+                    "alert_webhooks",
                 ]
             },
         ),

@@ -55,8 +55,17 @@ _NUMBERS: dict[str, tuple[float, bool]] = {
     "WORKER_STOP_SECONDS": (0, False),
     "MISSED_RUN_GRACE_SECONDS": (0, False),
     "RECOVERY_BACKOFF_MAX_SECONDS": (0, True),
+    "HEALTH_STUCK_SECONDS": (0, False),
+    "ALERT_WEBHOOK_TIMEOUT": (0, True),
+    "ALERT_WEBHOOK_BACKOFF_SECONDS": (0, False),
 }
-_LISTS = ("CLEANUP_ALLOWED_DIRS", "CLEANUP_ALLOWED_MODELS", "CLEANUP_PROTECTED_FIELDS")
+_LISTS = (
+    "CLEANUP_ALLOWED_DIRS",
+    "CLEANUP_ALLOWED_MODELS",
+    "CLEANUP_PROTECTED_FIELDS",
+    "ALERT_WEBHOOKS",
+    "ALERT_WEBHOOK_ALLOWED_HOSTS",
+)
 
 
 @register()
@@ -82,3 +91,11 @@ def check_setting_values(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 Error(f"{name} is {value!r}: it must be a list of strings.", id="cleanups.E003")
             )
     return errors
+
+
+@register()
+def check_alert_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """A webhook URL that is no http(s) URL would fail at the first alert, unseen till then."""
+    from cleanups.alerts import settings_problems
+
+    return [Error(problem, id="cleanups.E004") for problem in settings_problems()]

@@ -55,6 +55,26 @@ DEFAULTS: dict[str, Any] = {
     # Schedules declared in code: name -> the admin form's fields (and "state"), created and
     # updated by `manage.py syncschedules` (README, "Schedules in code"). Empty: none.
     "CLEANUP_SCHEDULES": {},
+    # /healthz and `manage.py healthcheck` fail while a run has been running longer than this
+    # (s; 0: never).
+    "HEALTH_STUCK_SECONDS": 600.0,
+    # A bearer token that lets a scraper read /metrics without a staff login (empty: staff only).
+    "METRICS_TOKEN": "",
+    # Alert webhooks (cleanups.alerts). Site-wide URLs that get every alert of every schedule
+    # (set by the deployer, so trusted: they may point at internal hosts).
+    "ALERT_WEBHOOKS": [],
+    # Hosts (names or IP addresses, exact) a schedule's own webhooks may reach although they
+    # are, or resolve to, loopback, private, link-local or otherwise non-public addresses.
+    "ALERT_WEBHOOK_ALLOWED_HOSTS": [],
+    # Each attempt to deliver an alert gives up after this long (s).
+    "ALERT_WEBHOOK_TIMEOUT": 5.0,
+    # Attempts per alert and URL (1: no retry).
+    "ALERT_WEBHOOK_ATTEMPTS": 3,
+    # The wait before the first retry; it doubles for each one after (s).
+    "ALERT_WEBHOOK_BACKOFF_SECONDS": 1.0,
+    # The site's address as people reach it (https://cleanups.example.com): alerts link to
+    # run pages under it. Empty: alerts carry the pages' paths only.
+    "CLEANUP_SITE_URL": "",
 }
 
 

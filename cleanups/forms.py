@@ -12,6 +12,7 @@ from django.db.models import QuerySet
 from django.forms.fields import InvalidJSONInput
 from django.utils import timezone
 
+from cleanups.alerts import WebhookURLsField
 from cleanups.models import CleanupRun
 
 
@@ -93,7 +94,7 @@ class CleanupScheduleForm(forms.ModelForm):
 
     class Meta:
         # Inherited by the form the ModelAdmin builds.
-        field_classes = {"params": ParamsField}
+        field_classes = {"params": ParamsField, "alert_webhooks": WebhookURLsField}
 
     # The person saving, set by the admin for each request. The schedule is validated, saved and
     # later run as theirs: it may delete only what they may delete.

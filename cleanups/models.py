@@ -157,6 +157,14 @@ class CleanupSchedule(models.Model):
         blank=True,
         help_text="Where to send a failure notice (once per streak). Blank: the site's ADMINS.",
     )
+    alert_webhooks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Webhook URLs, one per line (at most 5), that get a JSON POST when a failure "
+        "streak starts, the schedule recovers, it is paused after failures, a stuck run is "
+        "restarted or a run times out (Slack and Teams webhooks get their own format). Internal "
+        "addresses are refused unless the site's ALERT_WEBHOOK_ALLOWED_HOSTS lists them.",
+    )
     dry_run = models.BooleanField(
         default=False,
         help_text="Count what each run would delete, and delete nothing.",
@@ -599,6 +607,47 @@ class WorkerHeartbeat(models.Model):
         if self.last_seen < timezone.now() - stale_after:
             return True
         return self.hostname == socket.gethostname() and not _pid_alive(self.pid)
+
+
+class AlertDelivery(models.Model):
+    """One alert sent (or not) to one webhook (cleanups.alerts): the newest few per schedule,
+    for its page."""
+
+    class Event(models.TextChoices):
+        FAILING = "failure_streak_started", "Failure streak started"
+        RECOVERED = "recovered", "Recovered"
+        PAUSED = "paused_after_failures", "Paused after failures"
+        STUCK = "stuck_run", "Stuck run restarted"
+        TIMED_OUT = "timed_out", "Run timed out"
+
+    class Status(models.TextChoices):
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    schedule = models.ForeignKey(
+        CleanupSchedule, on_delete=models.CASCADE, related_name="alert_deliveries"
+    )
+    # The run's primary key and iteration, not a foreign key: pruning run history stays a
+    # plain delete, and the record outlives the run.
+    run_pk = models.PositiveBigIntegerField(null=True, blank=True)
+    iteration = models.PositiveIntegerField(null=True, blank=True)
+    event = models.CharField(max_length=30, choices=Event.choices)
+    target = models.CharField(
+        max_length=200, help_text="The webhook as scheme://host/… (its path may hold a token)."
+    )
+    site_wide = models.BooleanField(default=False, help_text="One of the site's ALERT_WEBHOOKS.")
+    status = models.CharField(max_length=10, choices=Status.choices)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=1)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["schedule", "-at"], name="alert_schedule_newest")]
+
+    def __str__(self) -> str:
+        return f"{self.schedule} {self.event} → {self.target} ({self.status})"
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from cleanups import views
+from cleanups import health, metrics, views
 
 app_name = "cleanups"
 
@@ -12,4 +12,7 @@ urlpatterns = [
     path("runs/", views.all_runs, name="runs"),
     path("runs/<int:pk>/", views.run_detail, name="run_detail"),
     path("schedules/preview/", views.cadence_preview, name="cadence_preview"),
+    # Operations (README, "Operating it"): under the prefix the app is mounted at.
+    path("healthz", health.healthz_view, name="healthz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
 ]

@@ -53,6 +53,7 @@ from django.utils.functional import cached_property
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
+from cleanups import alerts
 from cleanups.cadence import preview_times
 from cleanups.charts import lateness_chart, run_chart
 from cleanups.conf import settings
@@ -273,6 +274,8 @@ def schedule_detail(request: HttpRequest, pk: int) -> HttpResponse:
             **context,
             # Under the duration chart, run for run, from the same list: no query of its own.
             "lateness": lateness_chart(oldest_first),
+            # Where its alerts go and the deliveries that failed (not refreshed live).
+            "alerts": alerts.page_context(schedule),
         },
     )
 

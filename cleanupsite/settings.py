@@ -215,6 +215,22 @@ CLEANUP_SCHEDULES = env.json("CLEANUP_SCHEDULES", default={})
 # Purging a task hub can take longer than an ordinary engine call.
 PURGE_CALL_TIMEOUT = env.float("PURGE_CALL_TIMEOUT", default=300.0)
 
+# /healthz and `manage.py healthcheck` fail while a run has been running longer than this (0: never).
+HEALTH_STUCK_SECONDS = env.float("HEALTH_STUCK_SECONDS", default=600.0)
+# A bearer token that lets Prometheus read /metrics without a staff login (empty: staff only).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+# Alert webhooks (README, "Alerts"): URLs (comma-separated) that get every schedule's alerts.
+ALERT_WEBHOOKS = env.list("ALERT_WEBHOOKS", default=[])
+# Hosts a schedule's own webhooks may reach although they are internal (loopback, private...).
+ALERT_WEBHOOK_ALLOWED_HOSTS = env.list("ALERT_WEBHOOK_ALLOWED_HOSTS", default=[])
+# Each delivery attempt's time-out, the attempts per alert, and the first retry's wait (doubling).
+ALERT_WEBHOOK_TIMEOUT = env.float("ALERT_WEBHOOK_TIMEOUT", default=5.0)
+ALERT_WEBHOOK_ATTEMPTS = env.int("ALERT_WEBHOOK_ATTEMPTS", default=3)
+ALERT_WEBHOOK_BACKOFF_SECONDS = env.float("ALERT_WEBHOOK_BACKOFF_SECONDS", default=1.0)
+# The site's address as people reach it: alerts link to run pages under it (empty: paths only).
+CLEANUP_SITE_URL = env.str("CLEANUP_SITE_URL", default="")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

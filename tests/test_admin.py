@@ -419,6 +419,7 @@ def test_add_form_asks_only_for_what_the_operator_fills_in(admin_client):
         "max_run_seconds",
         "pause_after_failures",
         "notify_email",
+        "alert_webhooks",
     }
     html = response.content.decode()
     assert "<code>sample</code>" in html

@@ -13,6 +13,7 @@ import inspect
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -481,6 +482,47 @@ def test_the_late_completion_of_a_step_delivered_again_does_not_count(engine_por
         backend.stop(grace=0.5)
 
     assert state is not None and state.get_output() == "new"
+
+
+class BusyLeaseEngine(EmbeddedEngine):
+    ORCHESTRATION_LEASE_SECONDS = 0.5
+    BUSY_WORKER_LEASE_SECONDS = 4.0
+
+
+def test_a_step_held_by_a_busy_worker_is_not_delivered_again_until_the_longer_limit(engine_port):
+    """A worker that keeps completing steps has a backlog, not a wedge: the step it holds stays
+    its own past the short lease (delivering it again would only double the work under a
+    herd), and goes back to the queue once that worker completes nothing for the short lease."""
+    backend = BusyLeaseEngine(port=engine_port)
+    backend.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{engine_port}")
+    try:
+        sidecar = stubs.TaskHubSidecarServiceStub(channel)
+        stream = sidecar.GetWorkItems(pb.GetWorkItemsRequest())
+        client = build_client(engine_config())
+        held_id = client.schedule_new_orchestration(add_one, input=1)
+        held = next(stream)
+        assert held.orchestratorRequest.instanceId == held_id
+
+        busy_until = time.monotonic() + 4 * BusyLeaseEngine.ORCHESTRATION_LEASE_SECONDS
+        completed = 0
+        while time.monotonic() < busy_until:  # the worker keeps completing other steps
+            other_id = client.schedule_new_orchestration(add_one, input=2)
+            other = next(stream)
+            assert other.orchestratorRequest.instanceId == other_id  # never the held step
+            sidecar.CompleteOrchestratorTask(complete_with(other.completionToken, other_id, "x"))
+            completed += 1
+            time.sleep(0.1)
+        assert completed >= 10
+        assert held.completionToken in backend._leases, "a busy worker's step was taken back"
+
+        # Now it completes nothing: the held step goes to a worker that asks.
+        again = next(sidecar.GetWorkItems(pb.GetWorkItemsRequest()))
+        assert again.orchestratorRequest.instanceId == held_id
+        assert again.completionToken != held.completionToken
+    finally:
+        channel.close()
+        backend.stop(grace=0.5)
 
 
 # Scale: one thread serves every timer.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, timedelta
 
 import pytest
@@ -10,6 +11,7 @@ from django.conf import settings
 from django.utils import timezone
 from durabletask import client as dt_client
 
+from cleanups import control
 from cleanups.control import ORCHESTRATION_NAME, fetch_runtime_states
 from cleanups.durable.reconciler import Reconciler
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
@@ -230,9 +232,12 @@ def test_the_watchdog_trusts_only_the_stall_it_saw_itself(
     wait_for_clock(touched.replace(tzinfo=UTC) + grace + timedelta(seconds=0.2))
     reconciler = Reconciler(worker="test-host:1:me", interval=0.5)
 
+    first_sight = time.monotonic()
     assert reconciler.restart_stuck(fetch_runtime_states()) == 0  # first sight
-    wait_for_clock(timezone.now() + grace + timedelta(seconds=0.1))
-    assert reconciler.restart_stuck(fetch_runtime_states()) == 1  # unchanged for the grace
+    # Then, pass after pass, it restarts it once it has seen it unchanged for the grace (a
+    # loaded machine may still be finishing the first run's bookkeeping at the first pass).
+    wait_until(lambda: reconciler.restart_stuck(fetch_runtime_states()) == 1, timeout=15)
+    assert time.monotonic() - first_sight >= grace.total_seconds()
     schedule.refresh_from_db()
     assert "made no progress" in schedule.status_reason
     assert is_live(durable_client, schedule)
@@ -263,3 +268,47 @@ def test_a_paused_schedule_whose_orchestration_was_lost_leaves_no_run_waiting(
     waiting, executing = runs_of(schedule)
     assert waiting.status == "interrupted" and "waited for a retry" in waiting.error
     assert executing.status == "running"
+
+
+def test_the_watchdog_restarts_a_few_a_pass_and_never_one_an_operator_acted_on_meanwhile(
+    worker, durable_client, make_schedule, settings, monkeypatch, caplog
+):
+    """Hundreds looking stuck at once is more often a backlog than lost steps: a pass restarts
+    a few, and each only if nothing changed since the pass read it (a pass over many takes a
+    while, and an operator's pause in between wins)."""
+    from cleanups.durable import reconciler as module
+
+    monkeypatch.setattr(module, "STUCK_RESTARTS_PER_PASS", 1)
+    grace = timedelta(seconds=1)
+    settings.STUCK_RUN_GRACE_SECONDS = grace.total_seconds()
+    schedules = [make_schedule(interval=timedelta(seconds=60)) for _ in range(4)]
+    for schedule in schedules:
+        schedule.start()
+    for schedule in schedules:
+        wait_until(lambda s=schedule: timer_created(durable_client, s.instance_id))
+    CleanupSchedule.objects.update(next_run_at=timezone.now() - timedelta(seconds=5))
+    reconciler = Reconciler(worker="test-host:1:me", interval=0.5)
+    assert reconciler.restart_stuck(fetch_runtime_states()) == 0  # first sight
+
+    def one_pass() -> bool:
+        assert reconciler.restart_stuck(fetch_runtime_states()) <= 1
+        return "more schedules look stuck; restarting at most 1 a pass" in caplog.text
+
+    wait_until(one_pass, timeout=15)  # a pass that found more stuck than it may restart
+    restarted = [s for s in schedules if "made no progress" in _reason(s)]
+    assert 1 <= len(restarted) <= 2
+
+    # An operator pauses one of the others after the watchdog read its state: not restarted.
+    waiting = [s for s in schedules if s not in restarted]
+    states = fetch_runtime_states()
+    paused = waiting[0]
+    paused.refresh_from_db()
+    assert control.pause_schedule(paused).outcome is control.Outcome.PAUSED
+    assert not module._still_due(paused, states[paused.instance_id])
+    other = CleanupSchedule.objects.get(pk=waiting[1].pk)
+    assert module._still_due(other, states[other.instance_id])
+
+
+def _reason(schedule: CleanupSchedule) -> str:
+    schedule.refresh_from_db()
+    return schedule.status_reason

@@ -20,6 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 from durabletask import task
 
+from cleanups import alerts, metrics
 from cleanups.cadence import UncomputableRun
 from cleanups.conf import settings
 from cleanups.durable.connection import delivery_lost
@@ -270,6 +271,7 @@ def execute_iteration(
         run.trigger,
         " dry_run" if run.dry_run else "",
     )
+    metrics.run_ended(schedule.name, run)
     return _plan_next(schedule_id, iteration, run, planned_at)
 
 
@@ -402,7 +404,7 @@ def _record_skipped(
     until: datetime,
 ) -> CleanupRun:
     """One summary row for a gap, however many slots it covers (idempotent)."""
-    row, _ = CleanupRun.objects.get_or_create(
+    row, created = CleanupRun.objects.get_or_create(
         schedule=schedule,
         iteration=iteration,
         defaults={
@@ -419,6 +421,7 @@ def _record_skipped(
         },
     )
     _advance_iteration(schedule, iteration)
+    metrics.run_ended(schedule.name, row, created)
     return row
 
 
@@ -546,6 +549,7 @@ def record_timeout(schedule_id: int, iteration: int, planned_at: str | None) -> 
     now = timezone.now()
     limit = schedule.run_limit
     error = f"TimedOut: the run took longer than its limit of {limit} s and was abandoned."
+    created, timed_out_now = run is None, 0
     if run is None:
         run = CleanupRun.objects.create(
             schedule=schedule,
@@ -563,7 +567,7 @@ def record_timeout(schedule_id: int, iteration: int, planned_at: str | None) -> 
         _advance_iteration(schedule, iteration)
     else:
         # If it finished just in time, its own outcome stands.
-        CleanupRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
+        timed_out_now = CleanupRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
             status=Status.TIMED_OUT, finished_at=now, duration=now - run.started_at, error=error
         )
         run.refresh_from_db()
@@ -575,6 +579,9 @@ def record_timeout(schedule_id: int, iteration: int, planned_at: str | None) -> 
         (run.duration or timedelta(0)).total_seconds(),
         limit,
     )
+    if run.status == Status.TIMED_OUT and (created or timed_out_now):  # not on a redelivery
+        alerts.send(alerts.TIMED_OUT, schedule, run, failures=schedule.consecutive_failures + 1)
+    metrics.run_ended(schedule.name, run, created or timed_out_now)
     return _plan_next(schedule_id, run.iteration, run, planned_at)
 
 
@@ -732,6 +739,8 @@ def _count_failure(schedule: CleanupSchedule, run: CleanupRun) -> str:
             CleanupSchedule.objects.filter(pk=schedule.pk).update(
                 consecutive_failures=0, failure_notified=False
             )
+            if schedule.failure_notified and run.status == Status.SUCCEEDED:
+                alerts.send(alerts.RECOVERED, schedule, run)
         return ""
     with transaction.atomic():
         fresh = CleanupSchedule.objects.select_for_update().get(pk=schedule.pk)
@@ -750,6 +759,10 @@ def _count_failure(schedule: CleanupSchedule, run: CleanupRun) -> str:
             fresh.paused_at = timezone.now()
             fields += ["desired_state", "status_reason", "paused_at"]
         fresh.save(update_fields=fields)
+    if notify and run.status != Status.TIMED_OUT:  # a time-out has its own alert, just sent
+        alerts.send(alerts.FAILING, fresh, run)
+    if pause:
+        alerts.send(alerts.PAUSED, fresh, run)
     if notify:
         _notify_failure(fresh, run)
     return reason

@@ -32,6 +32,7 @@ from durabletask.internal.grpc_interceptor import _ClientCallDetails
 from durabletask.testing import InMemoryOrchestrationBackend
 from durabletask.testing.in_memory_backend import ActivityWorkItem, OrchestrationInstance
 
+from cleanups import tracing
 from cleanups.conf import settings
 
 EMBEDDED_HOST = "127.0.0.1"
@@ -341,22 +342,33 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
     replaced or continued-as-new execution left pending would complete the new one's task early.
     """
 
-    # An orchestration step takes milliseconds; one a worker holds longer than this is taken
-    # back and delivered again (a worker whose stream lives on but that stopped processing would
-    # otherwise hold it for ever), as a real engine's work-item lock expires.
+    # An orchestration step takes milliseconds; one a worker holds longer than this while that
+    # worker completes nothing at all is taken back and delivered again (a worker whose stream
+    # lives on but that stopped processing would otherwise hold it for ever), as a real
+    # engine's work-item lock expires. A worker that keeps completing steps is busy, not wedged:
+    # under a herd its queue can hold a step far longer, and delivering that step again would
+    # only double its work (a 10,000-schedule start on a loaded machine re-delivered 36,000
+    # steps that way). Such a step is taken back only after the longer limit below.
     ORCHESTRATION_LEASE_SECONDS = 10.0
+    BUSY_WORKER_LEASE_SECONDS = 120.0
 
     def __init__(self, port: int) -> None:
         super().__init__(port=port)
         self._timers = _TimerHeap(self._fire_timer)
-        # Orchestration steps handed to a worker: work item -> when (monotonic clock).
-        self._leases: dict[str, tuple[pb.WorkItem, float]] = {}
+        # Orchestration steps handed to a worker: token -> (work item, when (monotonic clock),
+        # the stream it went to).
+        self._leases: dict[str, tuple[pb.WorkItem, float, int]] = {}
+        # Each open work-item stream: when a step it was handed last came back completed.
+        self._stream_progress: dict[int, float] = {}
+        self._stream_numbers = itertools.count(1)
         self._lease_sweeper: threading.Thread | None = None
         self._executions: dict[str, _Execution] = {}
         # One sequence for every instance, so a purged and recreated instance never reuses one.
         self._generation_sequence = itertools.count(1)
         # Activities handed to a worker and not completed yet: (instance, task id, token).
         self._activities_out: set[tuple[str, int, str]] = set()
+        # The trace context each scheduled activity is to run in, by the same key.
+        self._activity_traces: dict[tuple[str, int, str], pb.TraceContext] = {}
 
     def start(self) -> str:
         self._shutdown_event.clear()
@@ -401,6 +413,7 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
         with self._lock:
             super().reset()
             self._executions.clear()
+            self._activity_traces.clear()
             self._timers.clear()
             self._leases.clear()
 
@@ -416,7 +429,16 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
     def StartInstance(self, request: Any, context: Any) -> Any:
         with self._lock:
             response = super().StartInstance(request, context)
-            self._begin_execution(response.instanceId)
+            execution = self._begin_execution(response.instanceId)
+            trace_context = (
+                request.parentTraceContext
+                if request.HasField("parentTraceContext")
+                else tracing.execution_trace(
+                    "create_orchestration", request.name, response.instanceId
+                )
+            )
+            if trace_context is not None:
+                self._trace_execution(response.instanceId, execution, trace_context)
         return response
 
     def _create_instance_internal(
@@ -436,7 +458,18 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
     ) -> None:
         super()._process_complete_orchestration_action(instance, complete_action)
         if complete_action.orchestrationStatus == pb.ORCHESTRATION_STATUS_CONTINUED_AS_NEW:
-            self._begin_execution(instance.instance_id)
+            previous = self._current_execution(instance.instance_id)
+            execution = self._begin_execution(instance.instance_id)
+            # The next run: a trace of its own, linked to this one's (when tracing is on).
+            trace_context = tracing.execution_trace(
+                "continue_as_new",
+                instance.name,
+                instance.instance_id,
+                previous.parent_trace,
+                previous.orchestration_trace.spanID.value if previous.orchestration_trace else "",
+            )
+            if trace_context is not None:
+                self._trace_execution(instance.instance_id, execution, trace_context)
             # The SDK carries over what arrived while the old execution's last step was in
             # flight; a timer or result among it is the old execution's, never the new one's.
             instance.pending_events[:] = [
@@ -461,6 +494,36 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
         execution = self._executions.get(instance_id)
         return execution if execution is not None else self._begin_execution(instance_id)
 
+    # Trace context (OpenTelemetry, through the SDK), carried as the Durable Task Scheduler
+    # does; the SDK's backend drops it. An execution starts under the span that started it (the
+    # client's, or execution_trace's); the worker's orchestration span, its start time and
+    # id, comes back with each step and goes out with the next; each activity runs under the
+    # context its scheduling gave it; and the events the worker times its spans by have times.
+
+    def _trace_execution(
+        self, instance_id: str, execution: _Execution, trace_context: pb.TraceContext
+    ) -> None:
+        execution.parent_trace = pb.TraceContext()
+        execution.parent_trace.CopyFrom(trace_context)  # not a part of the request: a copy
+        instance = self._instances.get(instance_id)
+        for event in instance.pending_events if instance is not None else ():
+            if event.HasField("executionStarted"):
+                event.executionStarted.parentTraceContext.CopyFrom(trace_context)
+                break
+
+    def _add_trace_context(self, work_item: pb.WorkItem) -> None:
+        """Into a work item on its way to a worker (call with the lock held)."""
+        if work_item.HasField("activityRequest"):
+            trace_context = self._activity_traces.get(_activity_key(work_item))
+            if trace_context is not None:
+                work_item.activityRequest.parentTraceContext.CopyFrom(trace_context)
+        elif work_item.HasField("orchestratorRequest"):
+            execution = self._executions.get(work_item.orchestratorRequest.instanceId)
+            if execution is not None and execution.orchestration_trace is not None:
+                work_item.orchestratorRequest.orchestrationTraceContext.CopyFrom(
+                    execution.orchestration_trace
+                )
+
     # Timers: one heap, one thread.
 
     def _process_create_timer_action(
@@ -469,7 +532,7 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
         # Replaces the SDK's method (which starts a thread that sleeps, then fires the timer into
         # whatever execution holds the instance id by then) rather than extending it.
         fire_at = action.createTimer.fireAt.ToDatetime(tzinfo=UTC)
-        instance.history.append(dt_helpers.new_timer_created_event(action.id, fire_at))
+        instance.history.append(_stamped(dt_helpers.new_timer_created_event(action.id, fire_at)))
         if instance.status == pb.ORCHESTRATION_STATUS_PENDING:
             instance.status = pb.ORCHESTRATION_STATUS_RUNNING
         generation = self._current_execution(instance.instance_id).generation
@@ -509,11 +572,24 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
         # worker sends it back with the result; tokens are never reused.
         execution = self._current_execution(instance.instance_id)
         execution.activity_tokens.add(str(instance.completion_token))
+        scheduled = instance.history[-1]  # the taskScheduled event the SDK just added
+        if not scheduled.HasField("taskScheduled"):
+            return
+        _stamped(scheduled)
+        if action.scheduleTask.HasField("parentTraceContext"):
+            trace_context = pb.TraceContext()
+            trace_context.CopyFrom(action.scheduleTask.parentTraceContext)
+            scheduled.taskScheduled.parentTraceContext.CopyFrom(trace_context)
+            key = (instance.instance_id, action.id, str(instance.completion_token))
+            self._activity_traces[key] = trace_context
 
     def CompleteActivityTask(self, request: Any, context: Any) -> Any:
         with self._lock:
             self._activities_out.discard(
                 (request.instanceId, request.taskId, request.completionToken)
+            )
+            self._activity_traces.pop(
+                (request.instanceId, request.taskId, request.completionToken), None
             )
             if self._is_stale_activity_result(request):
                 _ENGINE_LOGGER.debug(
@@ -523,7 +599,11 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
                     request.instanceId,
                 )
                 return pb.CompleteTaskResponse()
-            return super().CompleteActivityTask(request, context)
+            response = super().CompleteActivityTask(request, context)
+            instance = self._instances.get(request.instanceId)
+            if instance is not None and instance.pending_events:
+                _stamped(instance.pending_events[-1])  # its taskCompleted or taskFailed event
+            return response
 
     # A worker that dies (its stream ends) takes no work with it: the SDK's backend would keep an
     # orchestration step it held in flight for ever (the instance never runs again) and never
@@ -531,19 +611,29 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
 
     def GetWorkItems(self, request: Any, context: Any) -> Any:
         held: list[pb.WorkItem] = []
+        stream = next(self._stream_numbers)
+        with self._lock:
+            self._stream_progress[stream] = time.monotonic()
         try:
             for work_item in super().GetWorkItems(request, context):
                 with self._lock:
+                    self._add_trace_context(work_item)
                     if work_item.HasField("activityRequest"):
                         self._activities_out.add(_activity_key(work_item))
                     elif work_item.HasField("orchestratorRequest"):
-                        self._leases[work_item.completionToken] = (work_item, time.monotonic())
+                        self._leases[work_item.completionToken] = (
+                            work_item,
+                            time.monotonic(),
+                            stream,
+                        )
                 held.append(work_item)
                 if len(held) > 1000:  # a long-lived stream: forget what was completed
                     with self._lock:
                         held = [item for item in held if self._outstanding(item)]
                 yield work_item
         finally:
+            with self._lock:
+                self._stream_progress.pop(stream, None)
             self._take_back(held)
 
     def _sweep_leases(self) -> None:
@@ -554,10 +644,15 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
     def _expire_leases(self) -> None:
         now = time.monotonic()
         with self._lock:
-            for token, (work_item, since) in list(self._leases.items()):
+            for token, (work_item, _, stream) in list(self._leases.items()):
                 if not self._outstanding(work_item):
                     del self._leases[token]
-                elif now - since > self.ORCHESTRATION_LEASE_SECONDS:
+                    if stream in self._stream_progress:
+                        self._stream_progress[stream] = now  # (to within a sweep period)
+            for token, (work_item, since, stream) in list(self._leases.items()):
+                progress = self._stream_progress.get(stream, since)
+                wedged = now - max(since, progress) > self.ORCHESTRATION_LEASE_SECONDS
+                if wedged or now - since > self.BUSY_WORKER_LEASE_SECONDS:
                     del self._leases[token]
                     instance_id = work_item.orchestratorRequest.instanceId
                     self._deliver_again(work_item)
@@ -656,6 +751,11 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
                 # the new delivery's events would be lost with its next dispatch.
                 _ENGINE_LOGGER.debug("Ignored a stale completion of %r.", request.instanceId)
                 return pb.CompleteTaskResponse()
+            if instance is not None and request.HasField("orchestrationTraceContext"):
+                # The worker's orchestration span (when it began, its id): for the next step.
+                execution = self._current_execution(request.instanceId)
+                execution.orchestration_trace = pb.OrchestrationTraceContext()
+                execution.orchestration_trace.CopyFrom(request.orchestrationTraceContext)
         response = super().CompleteOrchestratorTask(request, context)
         # The SDK leaves an instance whose step ended suspended off the queue, even when a
         # resume arrived during that step: it would stay suspended for ever.
@@ -691,6 +791,14 @@ def _suspended_after_all(instance: OrchestrationInstance) -> bool:
     return suspended
 
 
+def _stamped(event: pb.HistoryEvent) -> pb.HistoryEvent:
+    """The event, with the time it happened if the SDK's backend left it at 0 (the worker times
+    the spans of activities and timers by these)."""
+    if not event.timestamp.seconds and not event.timestamp.nanos:
+        event.timestamp.GetCurrentTime()
+    return event
+
+
 def _activity_key(work_item: pb.WorkItem) -> tuple[str, int, str]:
     activity = work_item.activityRequest
     return (activity.orchestrationInstance.instanceId, activity.taskId, work_item.completionToken)
@@ -705,6 +813,8 @@ class _Execution:
 
     generation: int
     activity_tokens: set[str] = field(default_factory=set)
+    parent_trace: pb.TraceContext | None = None  # the span it started under
+    orchestration_trace: pb.OrchestrationTraceContext | None = None  # the worker's span
 
 
 class _TimerHeap:

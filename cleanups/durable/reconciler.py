@@ -18,12 +18,14 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 from durabletask.client import OrchestrationState
 
+from cleanups import alerts, metrics
 from cleanups.conf import settings
 from cleanups.control import (
     LIVE_STATUSES,
     EngineUnavailable,
     Status,
     end_orchestration,
+    engine_call,
     fetch_runtime_states,
     start_orchestration,
     stop_for_its_cadence,
@@ -34,6 +36,10 @@ from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
 logger = logging.getLogger("cleanups.reconciler")
 # Heartbeats of workers gone this long are forgotten (their runs count as dead either way).
 HEARTBEAT_KEPT = timedelta(days=1)
+# The watchdog restarts at most this many schedules a pass: a worker lost with its steps
+# strands a few, a backlog (a herd on a busy machine) makes hundreds look stuck at once, and
+# restarting those would only add to it. The rest wait for the next pass, checked afresh.
+STUCK_RESTARTS_PER_PASS = 20
 
 
 class Reconciler:
@@ -59,6 +65,7 @@ class Reconciler:
 
     def tick(self) -> None:
         """One pass: heartbeat, dead workers' runs, then engine versus database."""
+        metrics.reconciler_pass_began()
         try:
             self.beat()
             self.interrupt_dead_runs()
@@ -67,6 +74,7 @@ class Reconciler:
             logger.warning("reconciler: database error, will retry: %s", error)
         finally:
             connections.close_all()
+            metrics.reconciler_pass_ended()
 
     def beat(self) -> None:
         now = timezone.now()
@@ -137,6 +145,7 @@ class Reconciler:
                 # Started again it would only fail again: stopped, with why, until it is fixed.
                 stop_for_its_cadence(schedule, problem)
                 logger.warning("reconciler: schedule %s stopped: %s", schedule, problem)
+                metrics.reconciler_action("stopped")
                 continue
             failed = state is not None and state.runtime_status == Status.FAILED
             if failed and not self._due_for_recovery(schedule, state):
@@ -151,6 +160,7 @@ class Reconciler:
             logger.info(
                 "reconciler: schedule %s had %s orchestration: %s", schedule, why, outcome.message
             )
+            metrics.reconciler_action("recovered" if failed else "started")
 
         self.restart_stuck(states)
 
@@ -164,6 +174,7 @@ class Reconciler:
                     get_client().terminate_orchestration(
                         instance_id, output="schedule stopped", recursive=False
                     )
+                    metrics.reconciler_action("terminated")
                 except Exception as error:  # keep reconciling the rest
                     logger.warning("reconciler: could not terminate %s: %s", instance_id, error)
 
@@ -198,6 +209,7 @@ class Reconciler:
             )
             return
         logger.info("reconciler: %s %s", "suspended" if paused else "resumed", schedule)
+        metrics.reconciler_action("suspended" if paused else "resumed")
 
     def _resume_is_lost(self, schedule: CleanupSchedule) -> bool:
         """A running schedule that its engine still reports suspended after resumes for
@@ -269,7 +281,7 @@ class Reconciler:
         grace = timedelta(seconds=settings.STUCK_RUN_GRACE_SECONDS)
         cutoff = timezone.now() - grace
         overdue = CleanupSchedule.objects.should_run().filter(next_run_at__lt=cutoff)
-        restarted = 0
+        restarted = held_back = 0
         observed: dict[str, tuple[datetime, float]] = {}
         for schedule in overdue:
             if self.stopping.is_set():
@@ -289,6 +301,11 @@ class Reconciler:
                 continue
             if self._running_runs(schedule)[1]:
                 continue  # executing, between parts or waiting for a retry: not stuck
+            if restarted >= STUCK_RESTARTS_PER_PASS:
+                held_back += 1
+                continue
+            if not _still_due(schedule, states.get(schedule.instance_id)):
+                continue
             newest = _newest_run(schedule)
             if newest is not None and newest.status == CleanupRun.Status.INTERRUPTED:
                 reason = (
@@ -304,9 +321,18 @@ class Reconciler:
             if not _restart(schedule, "its run was lost"):
                 continue
             logger.warning("reconciler: schedule %s: %s", schedule, reason)
+            lost = newest if newest and newest.status == CleanupRun.Status.INTERRUPTED else None
+            alerts.send(alerts.STUCK, schedule, lost, error=reason)
             observed.pop(schedule.instance_id, None)
             restarted += 1
         self._unchanged_since = observed
+        if held_back:
+            logger.warning(
+                "reconciler: %d more schedules look stuck; restarting at most %d a pass (so many "
+                "at once is more often a backlog than lost steps, and it may clear itself)",
+                held_back,
+                STUCK_RESTARTS_PER_PASS,
+            )
         return restarted
 
     def _due_for_recovery(self, schedule: CleanupSchedule, state: OrchestrationState) -> bool:
@@ -350,7 +376,31 @@ def mark_interrupted(
     count = runs.update(status=CleanupRun.Status.INTERRUPTED, finished_at=now, error=error)
     if count:
         logger.warning("reconciler: marked %d run(s) of dead workers interrupted", count)
+    metrics.reconciler_action("interrupted", count)
     return count
+
+
+def _still_due(schedule: CleanupSchedule, seen: OrchestrationState | None) -> bool:
+    """Just before the watchdog restarts it: the schedule is still meant to run, in the same
+    generation (no operator action since this pass read it: a pass may take a while), and the
+    engine still has its orchestration where the pass saw it (no progress since)."""
+    if not (
+        CleanupSchedule.objects.should_run()
+        .filter(pk=schedule.pk, generation=schedule.generation)
+        .exists()
+    ):
+        return False
+    try:
+        with engine_call():
+            now = get_client().get_orchestration_state(schedule.instance_id, fetch_payloads=False)
+    except EngineUnavailable:
+        return False
+    return (
+        now is not None
+        and seen is not None
+        and now.runtime_status == seen.runtime_status
+        and now.last_updated_at == seen.last_updated_at
+    )
 
 
 def _restart(schedule: CleanupSchedule, why: str) -> bool:
@@ -362,4 +412,5 @@ def _restart(schedule: CleanupSchedule, why: str) -> bool:
     except Exception as error:
         logger.warning("reconciler: could not restart %s: %s", schedule, error)
         return False
+    metrics.reconciler_action("restarted")
     return True

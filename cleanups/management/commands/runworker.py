@@ -13,6 +13,7 @@ from django.db import DatabaseError, connection
 from durabletask.worker import ConcurrencyOptions
 
 from cleanups.durable.connection import EngineConfigError, EngineStartError, engine_config
+from cleanups.durable.ops import open_ops_servers, port_number
 from cleanups.durable.runner import WorkerHost
 from cleanups.models import CleanupSchedule
 from cleanups.registry import all_tasks
@@ -89,6 +90,28 @@ class Command(BaseCommand):
             "syncschedules`, without --adopt); an invalid declaration stops it with one line "
             "per problem, nothing applied.",
         )
+        parser.add_argument(
+            "--health-port",
+            type=port_number,
+            default=None,
+            help="Serve GET /healthz on this port: 200 while this process is live (its work-item "
+            "stream to the engine is open and its reconciler passed within two reconcile "
+            "intervals), 503 otherwise. For a liveness probe.",
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=port_number,
+            default=None,
+            help="Serve GET /metrics on this port: this process's run counters and histograms "
+            "and its reconciler's actions, in Prometheus text format. May be the --health-port.",
+        )
+        parser.add_argument(
+            "--ops-host",
+            default="127.0.0.1",
+            help="The address --health-port and --metrics-port listen on (default 127.0.0.1; "
+            "0.0.0.0 for probes and scrapes from outside the machine or container, as "
+            "Kubernetes').",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from cleanups.conf import settings
@@ -125,10 +148,17 @@ class Command(BaseCommand):
             options["reconcile_interval"] or settings.RECONCILE_INTERVAL,
             write=lambda line: (self.stdout.write(line), self.stdout.flush()),
         )
+        ops = open_ops_servers(
+            host, options["ops_host"], options["health_port"], options["metrics_port"]
+        )
+        for line in ops.listening:
+            self.stdout.write(f"Serving {line}")
         try:
             host.run()
         except EngineStartError as error:
             raise CommandError(str(error)) from None
+        finally:
+            ops.close()
         if host.left_work:
             # The SDK's threads still hold work it would wait for at exit: leave now. Our runs
             # are marked interrupted, and the engine delivers their work again.

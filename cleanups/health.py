@@ -1,0 +1,292 @@
+"""Health: one set of checks for ``GET /healthz`` and ``manage.py healthcheck``, and the liveness
+of one runworker process for ``runworker --health-port``.
+
+The site's checks (readiness of the whole): the database answers; the engine answers; some
+runworker's heartbeat is younger than two reconcile intervals; no schedule is recovering (its
+orchestration failed and is being restarted); no run has been running longer than
+HEALTH_STUCK_SECONDS. Each is "ok" or "failing", with a reason that only staff (and the
+command) see: anyone may learn *that* something fails, not what the deployment looks like.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connections
+from django.db.models import Max
+from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+
+from cleanups.conf import settings
+
+OK = "ok"
+FAILING = "failing"
+# The engine is asked for an instance that never exists: the cheapest call that needs it to
+# answer (listing our instances would parse the whole fleet's states).
+PROBE_INSTANCE_ID = "cleanups-health-probe"
+# Who may see the reasons (and /metrics): staff who may view schedules, as the dashboard.
+VIEW_SCHEDULES = "cleanups.view_cleanupschedule"
+# At most this many schedules are named in a reason.
+NAMED = 5
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    reason: str
+
+    @property
+    def status(self) -> str:
+        return OK if self.ok else FAILING
+
+
+@dataclass(frozen=True)
+class Report:
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    @property
+    def status(self) -> str:
+        return OK if self.ok else FAILING
+
+    def as_dict(self, reasons: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "status": self.status,
+            "checks": {check.name: check.status for check in self.checks},
+        }
+        if reasons:
+            data["reasons"] = {check.name: check.reason for check in self.checks}
+        return data
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def _names(names: list[str], more: bool) -> str:
+    return ", ".join(names) + (" and more" if more else "")
+
+
+# --- The site's checks --------------------------------------------------------------------------
+
+
+def check_database() -> Check:
+    from cleanups.models import CleanupSchedule
+
+    try:
+        with connections[CleanupSchedule.objects.db].cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as error:  # DatabaseError, or a driver's or pool's own error on connect
+        return Check("database", False, f"the database cannot be reached: {_one_line(error)}")
+    return Check("database", True, "the database answers")
+
+
+def check_engine() -> Check:
+    """The engine answers a call (a state query for an instance that does not exist)."""
+    import grpc
+
+    from cleanups.control import EngineUnavailable, engine_call
+    from cleanups.durable.connection import EngineConfigError, engine_config, get_client
+
+    try:
+        config = engine_config()
+    except EngineConfigError as error:
+        return Check("engine", False, str(error))
+    where = f"the engine at {config.display_endpoint} ({config.mode})"
+    began = time.monotonic()
+    try:
+        with engine_call():
+            get_client().get_orchestration_state(PROBE_INSTANCE_ID, fetch_payloads=False)
+    except EngineUnavailable as error:
+        return Check("engine", False, f"{where} cannot be reached: {_one_line(error)}")
+    except grpc.RpcError as error:
+        code = error.code()  # type: ignore[attr-defined]
+        if code != grpc.StatusCode.NOT_FOUND:  # an engine that says "no such instance" answers
+            details = error.details()  # type: ignore[attr-defined]
+            return Check("engine", False, f"{where} answered {code.name}: {details}")
+    except Exception as error:  # a credential that cannot get a token, say
+        return Check("engine", False, f"{where}: {type(error).__name__}: {_one_line(error)}")
+    elapsed = (time.monotonic() - began) * 1000
+    return Check("engine", True, f"{where} answered in {elapsed:.0f} ms")
+
+
+def check_workers(now: datetime) -> Check:
+    from cleanups.models import WorkerHeartbeat
+
+    limit = 2 * float(settings.RECONCILE_INTERVAL)
+    newest = WorkerHeartbeat.objects.aggregate(newest=Max("last_seen"))["newest"]
+    if newest is None:
+        return Check("workers", False, "no runworker has a heartbeat: is one running?")
+    age = max((now - newest).total_seconds(), 0.0)
+    said = f"the newest runworker heartbeat is {age:.1f} s old (limit {limit:g} s, two reconcile intervals)"
+    return Check("workers", age <= limit, said)
+
+
+def check_recovering() -> Check:
+    from cleanups.models import CleanupSchedule
+
+    names = list(
+        CleanupSchedule.objects.filter(recovering_since__isnull=False)
+        .order_by("name")
+        .values_list("name", flat=True)[: NAMED + 1]
+    )
+    if not names:
+        return Check("recovering", True, "no schedule is recovering")
+    return Check(
+        "recovering",
+        False,
+        "recovering (their orchestration failed and is being restarted): "
+        + _names(names[:NAMED], len(names) > NAMED),
+    )
+
+
+def check_stuck_runs(now: datetime) -> Check:
+    from cleanups.models import CleanupRun
+
+    seconds = float(settings.HEALTH_STUCK_SECONDS)
+    if seconds <= 0:
+        return Check("stuck_runs", True, "not checked (HEALTH_STUCK_SECONDS is 0)")
+    stuck = list(
+        CleanupRun.objects.running()
+        .filter(started_at__lt=now - timedelta(seconds=seconds))
+        .order_by("started_at")
+        .values_list("schedule__name", "iteration")[: NAMED + 1]
+    )
+    if not stuck:
+        return Check("stuck_runs", True, f"no run has been running longer than {seconds:g} s")
+    runs = [f"{name} #{iteration}" for name, iteration in stuck[:NAMED]]
+    return Check(
+        "stuck_runs",
+        False,
+        f"running longer than {seconds:g} s (HEALTH_STUCK_SECONDS): "
+        + _names(runs, len(stuck) > NAMED),
+    )
+
+
+def run_checks() -> Report:
+    """Every check of the site, the database first: the checks that read it are failing, not
+    run, when it cannot be reached."""
+    database = check_database()
+    engine = check_engine()
+    if not database.ok:
+        unread = "not checked: the database cannot be reached"
+        rest = tuple(Check(name, False, unread) for name in ("workers", "recovering", "stuck_runs"))
+        return Report((database, engine, *rest))
+    now = timezone.now()
+    return Report(
+        (
+            database,
+            engine,
+            _guarded("workers", lambda: check_workers(now)),
+            _guarded("recovering", check_recovering),
+            _guarded("stuck_runs", lambda: check_stuck_runs(now)),
+        )
+    )
+
+
+def _guarded(name: str, check: Callable[[], Check]) -> Check:
+    """A check that fails on a database error (the database went away meanwhile, a table is
+    missing before migrate) instead of raising."""
+    try:
+        return check()
+    except Exception as error:
+        return Check(name, False, f"could not be checked: {_one_line(error)}")
+
+
+def may_see_details(request: HttpRequest) -> bool:
+    """Staff who may view schedules (as the dashboard asks). False when the session cannot be
+    read (the database is down): never an error."""
+    try:
+        user = request.user
+        return bool(user.is_active and user.is_staff and user.has_perm(VIEW_SCHEDULES))
+    except Exception:
+        return False
+
+
+@never_cache
+def healthz_view(request: HttpRequest) -> JsonResponse:
+    """GET /healthz: 200 {"status": "ok", "checks": {...}} or 503 with "failing"; with
+    ``?verbose=1`` staff also get each check's reason."""
+    report = run_checks()
+    verbose = request.GET.get("verbose", "") not in ("", "0") and may_see_details(request)
+    return JsonResponse(report.as_dict(reasons=verbose), status=200 if report.ok else 503)
+
+
+# --- One runworker's liveness ----------------------------------------------------------------
+
+
+def stream_connected(worker: Any) -> bool:
+    """Whether the SDK worker's work-item stream to the engine is open. The SDK keeps the call
+    in ``_response_stream`` (connection.py reads it too) and drops it while it reconnects."""
+    stream = getattr(worker, "_response_stream", None)
+    try:
+        return stream is not None and bool(stream.is_active())
+    except Exception:
+        return False
+
+
+class WorkerLiveness:
+    """Is this runworker process doing its job: its worker's stream to the engine is open, and
+    its reconciler ended a pass within two reconcile intervals (or is in a pass begun within
+    them)? ``host`` is a WorkerHost: its ``worker`` (None until started) and ``reconciler``."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+
+    @property
+    def interval(self) -> float:
+        return float(self.host.reconciler.interval)
+
+    def stream(self) -> Check:
+        worker = self.host.worker
+        if worker is None:
+            return Check("stream", False, "the worker has not started yet")
+        if stream_connected(worker):
+            return Check("stream", True, "the worker's work-item stream to the engine is open")
+        return Check(
+            "stream",
+            False,
+            "the worker's work-item stream to the engine is not open (reconnecting)",
+        )
+
+    def reconciler_age(self) -> float | None:
+        """Seconds since the reconciler was last seen working: since its last pass ended, or
+        since the pass it is in began; None before its first pass."""
+        from cleanups.metrics import RECONCILER_CLOCK
+
+        began, ended = RECONCILER_CLOCK.read()
+        if began is None:
+            return None
+        if ended is not None and ended >= began:
+            return time.monotonic() - ended
+        return time.monotonic() - began
+
+    def reconciler(self) -> Check:
+        from cleanups.metrics import RECONCILER_CLOCK
+
+        limit = 2 * self.interval
+        age = self.reconciler_age()
+        if age is None:
+            return Check("reconciler", False, "the reconciler has not begun a pass yet")
+        began, ended = RECONCILER_CLOCK.read()
+        in_pass = ended is None or (began is not None and began > ended)
+        what = "a pass began" if in_pass else "the last pass ended"
+        return Check(
+            "reconciler",
+            age <= limit,
+            f"{what} {age:.1f} s ago (limit {limit:g} s, two reconcile intervals)",
+        )
+
+    def report(self) -> Report:
+        return Report((self.stream(), self.reconciler()))
