@@ -575,12 +575,14 @@ def start_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
     ]
     started = len(started_pks)
     _in_background(started_pks, lambda s: _start_generation(s, trigger="scheduled"), RUNNING, True)
-    resumed = resume_schedules(CleanupSchedule.objects.filter(pk__in=paused)).changed
-    already = len(selected) - started - resumed - len(refused)
+    resuming = resume_schedules(CleanupSchedule.objects.filter(pk__in=paused))
+    resumed = resuming.changed
+    refused_count = len(refused) + resuming.refused  # paused ones that cannot run either
+    already = len(selected) - started - resumed - refused_count
     message = _summary([(started, "starting"), (resumed, "resuming"), (already, "already running")])
-    if refused:
-        message += f" {_plural(len(refused), 'schedule')} cannot run (see each one's status)."
-    return BulkOutcome(started + resumed, already, message, len(refused))
+    if refused_count:
+        message += f" {_plural(refused_count, 'schedule')} cannot run (see each one's status)."
+    return BulkOutcome(started + resumed, already, message, refused_count)
 
 
 def pause_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:

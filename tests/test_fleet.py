@@ -110,6 +110,18 @@ def test_a_bulk_start_refuses_a_schedule_that_cannot_compute_its_next_run(engine
     assert broken.desired_state == "stopped" and "never fires" in broken.status_reason
 
 
+def test_a_bulk_start_counts_a_paused_schedule_that_cannot_run_as_refused(engine):
+    many_schedules(24)
+    CleanupSchedule.objects.filter(name__in=["fleet-3", "fleet-4"]).update(desired_state="paused")
+    CleanupSchedule.objects.filter(name="fleet-3").update(cadence="cron", cron="0 0 30 2 *")
+
+    outcome = control.start_schedules(CleanupSchedule.objects.all())
+
+    assert (outcome.changed, outcome.unchanged, outcome.refused) == (23, 0, 1)
+    assert "1 schedule cannot run" in outcome.message
+    assert "already running" not in outcome.message
+
+
 def test_select_all_start_of_2000_schedules_is_one_short_request(
     admin_client, worker, durable_client, django_assert_max_num_queries
 ):
