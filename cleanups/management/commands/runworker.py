@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -15,28 +14,9 @@ from durabletask.worker import ConcurrencyOptions
 from cleanups.durable.connection import EngineConfigError, EngineStartError, engine_config
 from cleanups.durable.ops import open_ops_servers, port_number
 from cleanups.durable.runner import WorkerHost
+from cleanups.management.arguments import positive_float, positive_int
 from cleanups.models import CleanupSchedule
 from cleanups.registry import all_tasks
-
-
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, not {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
-
-
-def positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {value!r}") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {value}")
-    return number
 
 
 class Command(BaseCommand):

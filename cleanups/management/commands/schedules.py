@@ -8,7 +8,6 @@ checked against its schedule's editor, as always).
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -34,6 +33,7 @@ from cleanups.control import (
 )
 from cleanups.durable.connection import get_client
 from cleanups.formatting import human_duration, seconds_label
+from cleanups.management.arguments import positive_int
 from cleanups.models import CleanupRun, CleanupSchedule
 from cleanups.registry import all_tasks
 
@@ -84,16 +84,6 @@ class OneLineErrorParser(CommandParser):
 
 def _one_line(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
-
-
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, not {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
 
 
 @dataclass(frozen=True)
