@@ -525,6 +525,38 @@ def test_a_step_held_by_a_busy_worker_is_not_delivered_again_until_the_longer_li
         backend.stop(grace=0.5)
 
 
+class CountingOutstanding(EmbeddedEngine):
+    ORCHESTRATION_LEASE_SECONDS = 600.0  # its sweep (which checks each lease) stays out of it
+    checks = 0
+
+    def _outstanding(self, work_item: pb.WorkItem) -> bool:
+        type(self).checks += 1
+        return super()._outstanding(work_item)
+
+
+def test_a_stream_holding_thousands_of_steps_is_not_scanned_at_every_new_one(engine_port):
+    """Under a herd a worker holds thousands of steps at once; the stream's bookkeeping must
+    stay linear (scanning all it holds at every new step made a 10,000-schedule start quadratic:
+    a quarter of the worker's time)."""
+    backend = CountingOutstanding(port=engine_port)
+    backend.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{engine_port}")
+    try:
+        stream = stubs.TaskHubSidecarServiceStub(channel).GetWorkItems(pb.GetWorkItemsRequest())
+        client = build_client(engine_config())
+        count = 2500
+        for n in range(count):
+            client.schedule_new_orchestration(add_one, input=n)
+        taken = [next(stream) for _ in range(count)]  # held, none completed
+    finally:
+        channel.close()
+        backend.stop(grace=0.5)
+
+    assert len({item.completionToken for item in taken}) == count
+    # Linear: a few scans in all (quadratic was millions of checks).
+    assert CountingOutstanding.checks < 5 * count, CountingOutstanding.checks
+
+
 # Scale: one thread serves every timer.
 
 

@@ -611,6 +611,7 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
 
     def GetWorkItems(self, request: Any, context: Any) -> Any:
         held: list[pb.WorkItem] = []
+        prune_at = 1000  # a long-lived stream forgets what was completed, from this many on
         stream = next(self._stream_numbers)
         with self._lock:
             self._stream_progress[stream] = time.monotonic()
@@ -627,9 +628,12 @@ class EmbeddedEngine(InMemoryOrchestrationBackend):
                             stream,
                         )
                 held.append(work_item)
-                if len(held) > 1000:  # a long-lived stream: forget what was completed
+                if len(held) > prune_at:
                     with self._lock:
                         held = [item for item in held if self._outstanding(item)]
+                    # Twice what is still out: under a herd most of it is, and pruning at every
+                    # new item would cost a scan of them all each time.
+                    prune_at = max(1000, 2 * len(held))
                 yield work_item
         finally:
             with self._lock:
