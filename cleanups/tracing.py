@@ -247,8 +247,8 @@ def execution_trace(
     """
     from durabletask.internal import tracing as dt_tracing
 
-    if not dt_tracing.OTEL_AVAILABLE:
-        return None
+    if not dt_tracing.OTEL_AVAILABLE or (_installed is None and not _configured_elsewhere()):
+        return None  # tracing is off: no span to make (every continue-as-new asks)
     from opentelemetry import context, trace
 
     before = previous_parent
