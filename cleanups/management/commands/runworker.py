@@ -151,19 +151,18 @@ class Command(BaseCommand):
         """syncschedules before the engine is up: the desired states it writes are what this
         worker's reconciler makes the engine agree with on its first pass."""
         from cleanups import declared
+        from cleanups.management.commands.syncschedules import refuse_if_invalid
 
         self.stdout.write("Syncing the schedules declared in code...")
         try:
             result = declared.sync()
         except declared.DeclarationError as error:
-            for problem in error.problems:
-                self.stderr.write(problem)
-            count = len(error.problems)
-            raise CommandError(
-                f"{count} problem{'' if count == 1 else 's'} in the declared schedules; nothing "
-                "was applied and the worker did not start.",
-                returncode=2,
-            ) from None
+            refuse_if_invalid(
+                error.problems,
+                self.stderr.write,
+                "nothing was applied and the worker did not start",
+            )
+            raise
         for line in [*result.plan.lines(), *(f"warning: {w}" for w in result.warnings)]:
             self.stdout.write(line)
         self.stdout.write(result.plan.summary(applied=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -94,13 +95,20 @@ class Command(BaseCommand):
                 )
 
     def _refuse_if_invalid(self, problems: list[str]) -> None:
-        if not problems:
-            return
-        for problem in problems:
-            self.stderr.write(problem)
-        count = len(problems)
-        raise CommandError(
-            f"{count} problem{'' if count == 1 else 's'} in the declared schedules; nothing "
-            "was applied.",
-            returncode=INVALID,
-        )
+        refuse_if_invalid(problems, self.stderr.write)
+
+
+def refuse_if_invalid(
+    problems: list[str], write: Callable[[str], Any], consequence: str = "nothing was applied"
+) -> None:
+    """Each problem of the declarations on a line of its own, then stop with status INVALID
+    (runworker --sync says the same, its worker not started)."""
+    if not problems:
+        return
+    for problem in problems:
+        write(problem)
+    count = len(problems)
+    raise CommandError(
+        f"{count} problem{'' if count == 1 else 's'} in the declared schedules; {consequence}.",
+        returncode=INVALID,
+    )
