@@ -111,6 +111,7 @@ from cleanups.durable.connection import (
     build_embedded_engine,
     build_worker,
 )
+from cleanups.management.arguments import positive_int
 
 TASKHUB = "default"
 SDK_PREFIX = "fleet-sdk-"
@@ -977,16 +978,6 @@ def report(
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"bench/fleet.py: {message}\n")  # one line, not the usage
-
-
-def positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, not {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
 
 
 def interval_seconds(value: str) -> float:

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import fleet
 from bench.fleet import RUNWORKER_READY, BenchError, Child, Sampler, say
+from cleanups.management.arguments import positive_int
 
 INTERVAL = 3600.0  # the fleet's next run is an hour away: between its first run and the end,
 # every schedule waits on its timer and nothing else.
@@ -273,10 +274,10 @@ class Parser(argparse.ArgumentParser):
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--schedules", type=fleet.positive_int, default=10_000)
+    parser.add_argument("--schedules", type=positive_int, default=10_000)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--quiet", type=float, default=10.0, help="s sampled while all wait")
-    parser.add_argument("--singles", type=fleet.positive_int, default=20)
+    parser.add_argument("--singles", type=positive_int, default=20)
     args = parser.parse_args(argv)
     if args.database == "postgres" and not os.environ.get("BENCH_DATABASE_URL"):
         parser.error("--database postgres needs BENCH_DATABASE_URL")
