@@ -51,6 +51,7 @@ _NUMBERS: dict[str, tuple[float, bool]] = {
     "CLEANUP_PART_SECONDS": (0, True),
     "CLEANUP_MAX_RUN_SECONDS": (0, False),
     "CLEANUP_DISPATCH_LEAD_SECONDS": (0, False),
+    "CLEANUP_BULK_START_RATE": (0, False),
     "STUCK_RUN_GRACE_SECONDS": (0, False),
     "WORKER_STOP_SECONDS": (0, False),
     "MISSED_RUN_GRACE_SECONDS": (0, False),

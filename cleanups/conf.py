@@ -43,6 +43,10 @@ DEFAULTS: dict[str, Any] = {
     "CLEANUP_MAX_RUN_SECONDS": 3600,
     # A scheduled run is handed to its worker this long before its planned time (s).
     "CLEANUP_DISPATCH_LEAD_SECONDS": 1.5,
+    # A bulk start (more schedules than the admin starts one by one) plans the first runs of
+    # interval schedules at most this many a second, and within one interval, so that a fleet
+    # started in one click does not fall due at one instant (0: all at once).
+    "CLEANUP_BULK_START_RATE": 20.0,
     # A live orchestration whose run was interrupted and not redelivered within this is
     # restarted by the reconciler (s).
     "STUCK_RUN_GRACE_SECONDS": 60.0,

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import Case, F, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
@@ -557,22 +557,26 @@ def start_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
     }
     by_interval = [s.pk for s in stopped if s.cadence != CleanupSchedule.Cadence.CRON]
     first = Case(When(start_at__gt=now, then=F("start_at")), default=Value(now))
-    CleanupSchedule.objects.filter(pk__in=by_interval, desired_state=STOPPED).update(
-        next_run_at=first, anchor_at=first, **fresh
-    )
-    for schedule in stopped:
-        if schedule.cadence == CleanupSchedule.Cadence.CRON:  # its first time, one by one
-            first_run = _first_run(schedule)
-            CleanupSchedule.objects.filter(pk=schedule.pk, desired_state=STOPPED).update(
-                next_run_at=first_run, anchor_at=first_run, **fresh
-            )
-    # Those this action started (not one that another started meanwhile):
-    after = CleanupSchedule.objects.filter(pk__in=generation_before, desired_state=RUNNING)
-    started_pks = [
-        pk
-        for pk, generation in after.values_list("pk", "generation")
-        if generation == generation_before[pk] + 1
-    ]
+    # One transaction: a reconciler pass never starts one of them before its spread-out first
+    # run is written.
+    with transaction.atomic():
+        CleanupSchedule.objects.filter(pk__in=by_interval, desired_state=STOPPED).update(
+            next_run_at=first, anchor_at=first, **fresh
+        )
+        for schedule in stopped:
+            if schedule.cadence == CleanupSchedule.Cadence.CRON:  # its first time, one by one
+                first_run = _first_run(schedule)
+                CleanupSchedule.objects.filter(pk=schedule.pk, desired_state=STOPPED).update(
+                    next_run_at=first_run, anchor_at=first_run, **fresh
+                )
+        # Those this action started (not one that another started meanwhile):
+        after = CleanupSchedule.objects.filter(pk__in=generation_before, desired_state=RUNNING)
+        started_pks = [
+            pk
+            for pk, generation in after.values_list("pk", "generation")
+            if generation == generation_before[pk] + 1
+        ]
+        spread = _spread_first_runs([s for s in stopped if s.pk in set(started_pks)], now)
     started = len(started_pks)
     _in_background(started_pks, lambda s: _start_generation(s, trigger="scheduled"), RUNNING, True)
     resuming = resume_schedules(CleanupSchedule.objects.filter(pk__in=paused))
@@ -580,9 +584,52 @@ def start_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
     refused_count = len(refused) + resuming.refused  # paused ones that cannot run either
     already = len(selected) - started - resumed - refused_count
     message = _summary([(started, "starting"), (resumed, "resuming"), (already, "already running")])
+    if spread >= timedelta(seconds=1):
+        message += (
+            f" Their first runs are spread over {_duration(spread)}, so that they do not all"
+            " fall due at once."
+        )
     if refused_count:
         message += f" {_plural(refused_count, 'schedule')} cannot run (see each one's status)."
     return BulkOutcome(started + resumed, already, message, refused_count)
+
+
+def _spread_first_runs(started: list[CleanupSchedule], now: datetime) -> timedelta:
+    """Give the interval schedules a bulk action started without a start_at of their own
+    first runs (and so their fixed-rate grids) spread out, instead of all at ``now``: at most
+    CLEANUP_BULK_START_RATE a second, and within one interval. A fleet started in one click
+    would otherwise fall due at one instant at every interval, more runs at once than a worker
+    starts on time. Returns how far the latest first run is from ``now``."""
+    rate = float(settings.CLEANUP_BULK_START_RATE)
+    groups: dict[timedelta, list[CleanupSchedule]] = {}
+    for schedule in started:
+        if (
+            rate > 0
+            and schedule.cadence != CleanupSchedule.Cadence.CRON
+            and schedule.interval
+            and not (schedule.start_at and schedule.start_at > now)
+        ):
+            groups.setdefault(schedule.interval, []).append(schedule)
+    changed, latest = [], timedelta(0)
+    for interval, members in groups.items():
+        # Evenly over the interval when more than `rate` a second would not fit in it.
+        step = min(timedelta(seconds=1 / rate), interval / len(members))
+        for position, schedule in enumerate(sorted(members, key=lambda s: s.pk)):
+            if position:
+                schedule.next_run_at = schedule.anchor_at = now + position * step
+                changed.append(schedule)
+                latest = max(latest, position * step)
+    CleanupSchedule.objects.bulk_update(changed, ["next_run_at", "anchor_at"], batch_size=500)
+    return latest
+
+
+def _duration(span: timedelta) -> str:
+    seconds = round(span.total_seconds())
+    if seconds < 120:
+        return _plural(seconds, "second")
+    if seconds < 7200:
+        return _plural(round(seconds / 60), "minute")
+    return _plural(round(seconds / 3600), "hour")
 
 
 def pause_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:

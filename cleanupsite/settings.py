@@ -203,6 +203,10 @@ WORKER_STOP_SECONDS = env.float("WORKER_STOP_SECONDS", default=20.0)
 # it at that time exactly: the engine's and the worker's delivery time (which grows with the
 # load) is spent ahead of the slot instead of after it. 0: handed over at the planned time.
 CLEANUP_DISPATCH_LEAD_SECONDS = env.float("CLEANUP_DISPATCH_LEAD_SECONDS", default=1.5)
+# A bulk start (more schedules than the admin starts one by one) plans the first runs of interval
+# schedules at most this many a second, and within one interval: a fleet started in one click
+# does not fall due at one instant at every interval. 0: all at once.
+CLEANUP_BULK_START_RATE = env.float("CLEANUP_BULK_START_RATE", default=20.0)
 # A scheduled run that starts more than this late has missed its slot (missed-run policy).
 MISSED_RUN_GRACE_SECONDS = env.float("MISSED_RUN_GRACE_SECONDS", default=2.0)
 # A failed orchestration (not a failed cleanup) is restarted after 5 s, 10 s, 20 s... at most this.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,56 @@ def test_2000_waiting_schedules_need_fewer_than_100_threads(start_worker_process
 
     threads = threads_of(worker.process.pid)
     assert threads < 100, f"runworker has {threads} threads for 2,000 waiting timers"
+
+
+def test_a_bulk_start_spreads_a_fleets_first_runs(worker, durable_client, make_schedule, settings):
+    """A fleet started in one click does not fall due at one instant at every interval: the
+    interval schedules' first runs (and fixed-rate grids) are at most CLEANUP_BULK_START_RATE
+    a second apart, evenly within one interval; one with a start_at of its own keeps it."""
+    settings.CLEANUP_BULK_START_RATE = 10  # 100 ms apart at most
+    many_schedules(30, interval=timedelta(seconds=2), cadence="fixed_rate")  # 2 s / 30 apart
+    hourly = [
+        make_schedule(name=f"hourly-{n}", interval=timedelta(hours=1), cadence="fixed_delay")
+        for n in range(25)
+    ]
+    later = timezone.now() + timedelta(hours=2)
+    own = make_schedule(name="own-start", interval=timedelta(hours=1), start_at=later)
+    before = timezone.now()
+
+    outcome = control.start_schedules(CleanupSchedule.objects.all())
+
+    assert outcome.message == (
+        "56 schedules starting. Their first runs are spread over 2 seconds, so that they do not"
+        " all fall due at once."
+    )
+    fleet = CleanupSchedule.objects.filter(name__startswith="fleet-").order_by("pk")
+    firsts = [s.next_run_at for s in fleet]
+    assert before <= firsts[0] <= timezone.now()
+    gaps = {round((b - a).total_seconds(), 6) for a, b in pairwise(firsts)}
+    assert gaps == {round(2 / 30, 6)}
+    assert all(s.anchor_at == s.next_run_at for s in fleet)
+    hourly_firsts = sorted(
+        CleanupSchedule.objects.filter(pk__in=[s.pk for s in hourly]).values_list(
+            "next_run_at", flat=True
+        )
+    )
+    assert (hourly_firsts[-1] - hourly_firsts[0]) == 24 * timedelta(seconds=0.1)
+    own.refresh_from_db()
+    assert own.next_run_at == later
+
+    # The engine runs each at its own first time, not before.
+    control.wait_for_bulk_engine_calls(timeout=60)
+    last = fleet.last()
+    wait_until(lambda: last.runs.filter(status="succeeded").exists(), timeout=30)
+    run = last.runs.get(iteration=1)
+    assert run.planned_at == firsts[-1] <= run.started_at
+
+
+def test_a_bulk_start_rate_of_0_starts_every_first_run_at_once(engine, settings):
+    settings.CLEANUP_BULK_START_RATE = 0
+    many_schedules(25)
+
+    outcome = control.start_schedules(CleanupSchedule.objects.all())
+
+    assert outcome.message == "25 schedules starting."
+    assert CleanupSchedule.objects.values("next_run_at").distinct().count() == 1
