@@ -5,6 +5,7 @@ bare Durable Task SDK beside it, in the same run.
     .venv/bin/python bench/fleet.py [--schedules 100] [--interval 2] [--iterations 5]
                                     [--cadence fixed_rate|fixed_delay]
                                     [--engine in-process|separate] [--database sqlite|postgres]
+                                    [--bulk-start-rate R]
                                     [--skip-sdk] [--seed 0]
 
 (from the project root; it makes its own SQLite database in a new temporary directory, whatever
@@ -53,8 +54,10 @@ time (fixed rate: the start + i * interval; fixed delay: the activity's end + in
 ``--iterations`` iterations; ``--schedules`` instances, started by this process with
 ``schedule_new_orchestration`` on as many threads as the admin's pool ("bulk start request": all
 those calls). Instance n's grid begins as long after that start as schedule n's anchor was after
-the admin's request: timers that fall due together (a bulk start gives the fleet one anchor)
-are a heavier load than the same timers spread out (one by one, each its own). The activity writes the time it began and its planned time to a file; the same
+the admin's request: timers that fall due together are a heavier load than the same timers
+spread out. A bulk start spreads the fleet's first runs (CLEANUP_BULK_START_RATE, default 20 a
+second, evenly within one interval); ``--bulk-start-rate 0`` gives the whole fleet one anchor,
+the herd. The activity writes the time it began and its planned time to a file; the same
 figures come from it. The last column is cleanups / SDK where the two measure the same thing.
 
 The machine's CPU count and load average are printed with the report: other work on the
@@ -527,6 +530,8 @@ def setup_django(args: argparse.Namespace, workdir: Path, port: int) -> dict[str
             "STATIC_ROOT": str(workdir / "static"),
         }
     )
+    if getattr(args, "bulk_start_rate", None) is not None:
+        os.environ["CLEANUP_BULK_START_RATE"] = str(args.bulk_start_rate)
     env = {k: v for k, v in os.environ.items() if k not in ("BENCH_DATABASE_URL", "BENCH_DB")}
     import django
 
@@ -990,6 +995,16 @@ def interval_seconds(value: str) -> float:
     return number
 
 
+def non_negative_number(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {value!r}") from None
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return number
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = Parser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--schedules", type=positive_int, default=100, help="%(default)s")
@@ -1000,6 +1015,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cadence", choices=["fixed_rate", "fixed_delay"], default="fixed_rate")
     parser.add_argument("--engine", choices=["in-process", "separate"], default="in-process")
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--bulk-start-rate",
+        type=non_negative_number,
+        help="CLEANUP_BULK_START_RATE for the start (default: the project's; 0: one anchor)",
+    )
     parser.add_argument("--skip-sdk", action="store_true", help="no bare SDK comparison")
     parser.add_argument("--seed", type=int, default=0, help="picks the row the form names")
     # The child processes' roles: this same file, run by the bench.
@@ -1022,6 +1042,7 @@ def setup_description(args: argparse.Namespace) -> dict[str, Any]:
     from django.db import connection
 
     from cleanups import admin, control
+    from cleanups.conf import settings
 
     if connection.vendor == "sqlite":
         database = "SQLite " + ".".join(map(str, connection.Database.sqlite_version_info))
@@ -1038,6 +1059,7 @@ def setup_description(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "admin_one_by_one": admin.ONE_BY_ONE,
         "bulk_threads": control.BULK_ENGINE_THREADS,
+        "bulk_start_rate": float(settings.CLEANUP_BULK_START_RATE),
         "cpus": os.cpu_count(),
         "load_average": round(os.getloadavg()[0], 2),
     }

@@ -3,6 +3,7 @@
 and what the worker costs while they all wait.
 
     .venv/bin/python bench/waiting.py [--schedules 10000] [--database sqlite|postgres]
+                                      [--bulk-start-rate 0]
 
 (from the project root; its own database in a new temporary directory, as bench/fleet.py makes
 it, whose set-up, processes and /proc sampling it reuses; ``--database postgres`` needs
@@ -13,8 +14,9 @@ fixed rate, missed runs ``run_once``; one ``manage.py runworker`` hosting the em
 A superuser ticks "select all" in the admin's schedule list and posts **Start selected
 schedules**: that request's time is "start request"; "every orchestration live" is from that
 request's start until the engine has every one of them running (polled each second), "every
-first run started" until every schedule's first run (planned at the click) has started (a herd:
-as fast as the worker runs them), and "all waiting
+first run started" until every schedule's first run has started: with ``--bulk-start-rate 0``
+(the default here, not the project's 20 a second) all are planned at the click, a herd the
+worker gets through as fast as it runs them, and "all waiting
 after" until every one of them has finished and the worker is left with nothing but timers.
 Then, with the whole fleet waiting for its next run an hour away, the worker's threads and RSS
 (VmRSS) are sampled every 0.2 s for ``--quiet`` s (the most seen is reported), beside the peak
@@ -278,6 +280,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--quiet", type=float, default=10.0, help="s sampled while all wait")
     parser.add_argument("--singles", type=positive_int, default=20)
+    parser.add_argument(
+        "--bulk-start-rate",
+        type=fleet.non_negative_number,
+        default=0.0,
+        help="CLEANUP_BULK_START_RATE (%(default)s: every first run at the click, the herd)",
+    )
     args = parser.parse_args(argv)
     if args.database == "postgres" and not os.environ.get("BENCH_DATABASE_URL"):
         parser.error("--database postgres needs BENCH_DATABASE_URL")
@@ -295,7 +303,11 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     try:
         fleet.setup_django(
-            argparse.Namespace(engine="in-process", database=args.database),
+            argparse.Namespace(
+                engine="in-process",
+                database=args.database,
+                bulk_start_rate=args.bulk_start_rate,
+            ),
             workdir,
             fleet.free_port(),
         )
