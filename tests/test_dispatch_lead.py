@@ -4,6 +4,7 @@ On a real engine and worker."""
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import datetime, timedelta
 from typing import Any
@@ -211,7 +212,7 @@ def test_a_herd_larger_than_its_threads_queues_and_every_run_starts_in_time(
     def count_threads() -> None:
         nonlocal most
         while not done.wait(0.01):
-            ahead = [t for t in threading.enumerate() if t.name == "cleanup-run-ahead"]
+            ahead = [t for t in threading.enumerate() if t.name == "cleanup-run"]
             most = max(most, len(ahead))
 
     counter = threading.Thread(target=count_threads)
@@ -229,3 +230,23 @@ def test_a_herd_larger_than_its_threads_queues_and_every_run_starts_in_time(
     assert seconds.count() == 6
     assert all(run.planned_at <= run.started_at for run in seconds)
     assert 1 <= most <= 2
+
+
+def test_runs_never_hold_the_sdks_pool(worker, make_schedule):
+    """Every run executes on the worker's own run threads, never on the SDK's pool (CPUs + 4
+    threads, which also step every orchestration): more runs in progress than the pool has
+    threads do not hold up another schedule's run."""
+    from tests.testapp.cleanup_tasks import BLOCKING, RELEASE
+
+    blocking = (os.cpu_count() or 1) + 6
+    RELEASE.clear()
+    try:
+        for n in range(blocking):
+            make_schedule(name=f"blocks-{n}", task="testapp_blocks", params={}).start()
+        wait_until(lambda: BLOCKING["now"] == blocking, timeout=30)
+        other = make_schedule(name="other")
+        other.start()
+        wait_until(lambda: run_of(other, iteration=1, status="succeeded"), timeout=15)
+        assert BLOCKING["now"] == blocking
+    finally:
+        RELEASE.set()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import enum
 import functools
 import heapq
@@ -190,57 +189,77 @@ def get_client(call_timeout: float | None = None) -> dt_client.TaskHubGrpcClient
 
 
 class _StartsOnTime:
-    """A worker that gives a run handed to it ahead of its planned time (the orchestration hands
-    it over CLEANUP_DISPATCH_LEAD_SECONDS early) a thread of its own, outside the SDK's pool: the
-    run does what it can before its time, waits, and starts at that time exactly, so a whole
-    fleet due at one instant starts at that instant, not a pool thread at a time, and the pool
-    stays free for the orchestrations meanwhile. These threads exist only from a run's hand-over
-    to its end."""
+    """A worker that runs every cleanup run on threads of its own, never on the SDK's pool.
 
-    # Runs waiting for their time at once, each on a thread of its own: a larger herd queues,
-    # and each of these threads, its run done, takes the next queued one. The SDK's pool is
-    # never blocked by them (its threads also step the orchestrations).
+    The SDK's pool is small (CPUs + 4 threads) and steps every orchestration too. A run that
+    held one of its threads (for its database work, or for as long as its cleanup takes) held
+    up the next orchestration steps, and so the hand-over of the runs after it: under load, once
+    runs began to arrive late they ran on the pool, which made the next ones later still.
+
+    A run handed over ahead of its planned time (the orchestration hands it over
+    CLEANUP_DISPATCH_LEAD_SECONDS early) does what it can before its time, waits, and starts at
+    that time exactly, so a whole fleet due at one instant starts at that instant. These
+    threads exist only around runs: at most MOST_AT_ONCE at once; more runs queue, the one due
+    first taken first, by the next thread whose run ends."""
+
     MOST_AT_ONCE = 128
     ACTIVITY = "run_cleanup"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._ahead_lock = threading.Lock()
-        self._ahead_threads = 0
-        self._ahead_queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._runs_lock = threading.Condition()
+        self._run_threads = 0
+        # (when it is due, arrival order, the work): due now is 0.0, ahead of any planned time.
+        self._run_queue: list[tuple[float, int, tuple[Any, ...]]] = []
+        self._arrivals = itertools.count()
+        self._runs_closed = False
 
     def _execute_activity(self, req: pb.ActivityRequest, stub: Any, completionToken: Any) -> None:
         stub = _KeepsBackStopping(stub)
-        planned = _planned_start(req, self.ACTIVITY)
-        if planned is None or planned <= datetime.now(UTC):
+        if req.name != self.ACTIVITY or self._runs_closed:
             super()._execute_activity(req, stub, completionToken)  # type: ignore[misc]
             return
-        # The stream it came on: if that ends before its time, its engine takes the work back
-        # (or is gone), and another delivery, not this one, runs it.
-        work = (req, stub, completionToken, getattr(self, "_response_stream", None))
-        with self._ahead_lock:
-            if self._ahead_threads >= self.MOST_AT_ONCE:
-                self._ahead_queue.append(work)
+        planned = _planned_start(req, self.ACTIVITY)
+        ahead = planned is not None and planned > datetime.now(UTC)
+        # The stream a run handed over ahead came on: if that ends before its time, its engine
+        # takes the work back (or is gone), and another delivery, not this one, runs it.
+        stream = getattr(self, "_response_stream", None) if ahead else None
+        work = (req, stub, completionToken, stream)
+        with self._runs_lock:
+            if self._run_threads >= self.MOST_AT_ONCE:
+                due = planned.timestamp() if ahead and planned is not None else 0.0
+                heapq.heappush(self._run_queue, (due, next(self._arrivals), work))
                 return
-            self._ahead_threads += 1
+            self._run_threads += 1
         threading.Thread(
-            target=self._run_ahead, args=(work,), name="cleanup-run-ahead", daemon=True
+            target=self._run_runs, args=(work,), name="cleanup-run", daemon=True
         ).start()
 
-    def _run_ahead(self, work: tuple[Any, ...] | None) -> None:
+    def _run_runs(self, work: tuple[Any, ...] | None) -> None:
         while work is not None:
             req, stub, completionToken, stream = work
             _HANDED_OVER.still_held = lambda stream=stream: stream is None or stream.is_active()
             try:
                 super()._execute_activity(req, stub, completionToken)  # type: ignore[misc]
             except Exception:
-                _WORKER_LOGGER.exception("A run handed over ahead failed outside its activity.")
+                _WORKER_LOGGER.exception("A cleanup run failed outside its activity.")
             finally:
                 _HANDED_OVER.still_held = None
-            with self._ahead_lock:
-                work = self._ahead_queue.popleft() if self._ahead_queue else None
+            with self._runs_lock:
+                work = heapq.heappop(self._run_queue)[2] if self._run_queue else None
                 if work is None:
-                    self._ahead_threads -= 1
+                    self._run_threads -= 1
+                    self._runs_lock.notify_all()
+
+    def stop(self) -> None:
+        """Stop as the SDK's worker does, waiting for the runs in progress too (the SDK waits
+        for its own pool only). Queued runs are not begun: their engine delivers them again."""
+        with self._runs_lock:
+            self._runs_closed = True
+            self._run_queue.clear()
+            while self._run_threads:
+                self._runs_lock.wait()
+        super().stop()  # type: ignore[misc]
 
 
 # Per thread: whether the run this thread holds ahead of its time is still this worker's.

@@ -101,3 +101,19 @@ def counts_overlap(ctx: CleanupContext) -> str:
         with _EXECUTING_LOCK:
             EXECUTING["now"] -= 1
     return "Slept."
+
+
+BLOCKING: dict[str, int] = {"now": 0}
+RELEASE = threading.Event()
+
+
+@cleanup_task("testapp_blocks", "Waits until the tests release it (at most a minute).")
+def blocks(ctx: CleanupContext) -> str:
+    with _EXECUTING_LOCK:
+        BLOCKING["now"] += 1
+    try:
+        RELEASE.wait(60)
+    finally:
+        with _EXECUTING_LOCK:
+            BLOCKING["now"] -= 1
+    return "Released."
