@@ -599,8 +599,11 @@ def _spread_first_runs(started: list[CleanupSchedule], now: datetime) -> timedel
     first runs (and so their fixed-rate grids) spread out, instead of all at ``now``: at most
     CLEANUP_BULK_START_RATE a second, and within one interval. A fleet started in one click
     would otherwise fall due at one instant at every interval, more runs at once than a worker
-    starts on time. Returns how far the latest first run is from ``now``."""
+    starts on time. The spread begins one dispatch lead after ``now``, so that even the first
+    of them is handed to its worker ahead, while the engine brings the fleet up, and starts on
+    its time. Returns the time from the first of their first runs to the last."""
     rate = float(settings.CLEANUP_BULK_START_RATE)
+    begin = now + timedelta(seconds=dispatch_lead_seconds())
     groups: dict[timedelta, list[CleanupSchedule]] = {}
     for schedule in started:
         if (
@@ -615,10 +618,9 @@ def _spread_first_runs(started: list[CleanupSchedule], now: datetime) -> timedel
         # Evenly over the interval when more than `rate` a second would not fit in it.
         step = min(timedelta(seconds=1 / rate), interval / len(members))
         for position, schedule in enumerate(sorted(members, key=lambda s: s.pk)):
-            if position:
-                schedule.next_run_at = schedule.anchor_at = now + position * step
-                changed.append(schedule)
-                latest = max(latest, position * step)
+            schedule.next_run_at = schedule.anchor_at = begin + position * step
+            changed.append(schedule)
+            latest = max(latest, position * step)
     CleanupSchedule.objects.bulk_update(changed, ["next_run_at", "anchor_at"], batch_size=500)
     return latest
 

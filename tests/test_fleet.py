@@ -81,7 +81,9 @@ def test_bulk_actions_take_a_fleet_through_its_states(worker, durable_client):
     assert set(fleet.values_list("desired_state", flat=True)) == {"stopped"}
 
 
-def test_a_bulk_start_applies_a_fresh_start_to_each(worker, durable_client, make_schedule):
+def test_a_bulk_start_applies_a_fresh_start_to_each(
+    worker, durable_client, make_schedule, settings
+):
     """As start_schedule does one by one: anchor, start_iteration and first run, the count going
     on from each schedule's own runs; a cron schedule's first run is its first time."""
     many_schedules(25)
@@ -92,7 +94,9 @@ def test_a_bulk_start_applies_a_fresh_start_to_each(worker, durable_client, make
     control.start_schedules(CleanupSchedule.objects.all())
 
     first = CleanupSchedule.objects.get(name="fleet-0")
-    assert first.start_iteration == 8 and before <= first.next_run_at <= timezone.now()
+    lead = timedelta(seconds=settings.CLEANUP_DISPATCH_LEAD_SECONDS)  # spread from then
+    assert first.start_iteration == 8
+    assert before + lead <= first.next_run_at <= timezone.now() + lead
     assert first.anchor_at == first.next_run_at
     cron.refresh_from_db()
     assert (cron.next_run_at.hour, cron.next_run_at.minute) == (3, 0)
@@ -182,8 +186,10 @@ def test_2000_waiting_schedules_need_fewer_than_100_threads(start_worker_process
 def test_a_bulk_start_spreads_a_fleets_first_runs(worker, durable_client, make_schedule, settings):
     """A fleet started in one click does not fall due at one instant at every interval: the
     interval schedules' first runs (and fixed-rate grids) are at most CLEANUP_BULK_START_RATE
-    a second apart, evenly within one interval; one with a start_at of its own keeps it."""
+    a second apart, evenly within one interval, from one dispatch lead on; one with a start_at
+    of its own keeps it."""
     settings.CLEANUP_BULK_START_RATE = 10  # 100 ms apart at most
+    lead = timedelta(seconds=settings.CLEANUP_DISPATCH_LEAD_SECONDS)
     many_schedules(30, interval=timedelta(seconds=2), cadence="fixed_rate")  # 2 s / 30 apart
     hourly = [
         make_schedule(name=f"hourly-{n}", interval=timedelta(hours=1), cadence="fixed_delay")
@@ -201,7 +207,7 @@ def test_a_bulk_start_spreads_a_fleets_first_runs(worker, durable_client, make_s
     )
     fleet = CleanupSchedule.objects.filter(name__startswith="fleet-").order_by("pk")
     firsts = [s.next_run_at for s in fleet]
-    assert before <= firsts[0] <= timezone.now()
+    assert before + lead <= firsts[0] <= timezone.now() + lead
     gaps = {round((b - a).total_seconds(), 6) for a, b in pairwise(firsts)}
     assert gaps == {round(2 / 30, 6)}
     assert all(s.anchor_at == s.next_run_at for s in fleet)
