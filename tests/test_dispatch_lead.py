@@ -250,3 +250,30 @@ def test_runs_never_hold_the_sdks_pool(worker, make_schedule):
         assert BLOCKING["now"] == blocking
     finally:
         RELEASE.set()
+
+
+def test_a_lower_activity_limit_bounds_the_runs_at_once(engine, make_schedule):
+    """`runworker --max-activities 2`: at most two runs at once; the others wait their turn."""
+    from durabletask.worker import ConcurrencyOptions
+
+    from tests.testapp.cleanup_tasks import BLOCKING, RELEASE
+
+    limited = register(
+        build_worker(engine_config(), ConcurrencyOptions(maximum_concurrent_activity_work_items=2))
+    )
+    limited.start()
+    RELEASE.clear()
+    schedules = [
+        make_schedule(name=f"blocks-{n}", task="testapp_blocks", params={}) for n in range(4)
+    ]
+    try:
+        for schedule in schedules:
+            schedule.start()
+        # All four handed to the worker: two running, two queued behind them.
+        wait_until(lambda: BLOCKING["now"] == 2 and len(limited._run_queue) == 2, timeout=30)
+        assert CleanupRun.objects.filter(status="running").count() == 2
+    finally:
+        RELEASE.set()
+    for schedule in schedules:
+        wait_until(lambda s=schedule: run_of(s, iteration=1, status="succeeded"), timeout=30)
+    limited.stop()

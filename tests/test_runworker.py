@@ -220,7 +220,8 @@ def test_help_explains_the_options(start_worker_process):
     assert "--max-orchestrations" in text
     assert "Most orchestration work items processed at once" in text
     assert "--threads" in text
-    assert "Size of the thread pool activities run on" in text
+    assert "Size of the SDK's thread pool, which steps the orchestrations" in text
+    assert "Cleanup runs have threads of their own" in text
     assert "Traceback" not in worker.output
 
 

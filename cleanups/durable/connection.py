@@ -199,8 +199,9 @@ class _StartsOnTime:
     A run handed over ahead of its planned time (the orchestration hands it over
     CLEANUP_DISPATCH_LEAD_SECONDS early) does what it can before its time, waits, and starts at
     that time exactly, so a whole fleet due at one instant starts at that instant. These
-    threads exist only around runs: at most MOST_AT_ONCE at once; more runs queue, the one due
-    first taken first, by the next thread whose run ends."""
+    threads exist only around runs: at most MOST_AT_ONCE at once (fewer if the worker's
+    activity limit is lower); more runs queue, the one due first taken first, by the next
+    thread whose run ends."""
 
     MOST_AT_ONCE = 128
     ACTIVITY = "run_cleanup"
@@ -226,7 +227,7 @@ class _StartsOnTime:
         stream = getattr(self, "_response_stream", None) if ahead else None
         work = (req, stub, completionToken, stream)
         with self._runs_lock:
-            if self._run_threads >= self.MOST_AT_ONCE:
+            if self._run_threads >= self._most_runs_at_once():
                 due = planned.timestamp() if ahead and planned is not None else 0.0
                 heapq.heappush(self._run_queue, (due, next(self._arrivals), work))
                 return
@@ -234,6 +235,13 @@ class _StartsOnTime:
         threading.Thread(
             target=self._run_runs, args=(work,), name="cleanup-run", daemon=True
         ).start()
+
+    def _most_runs_at_once(self) -> int:
+        """MOST_AT_ONCE, or fewer if the worker was built with a lower activity limit
+        (``runworker --max-activities``)."""
+        options = getattr(self, "_concurrency_options", None)
+        limit = getattr(options, "maximum_concurrent_activity_work_items", None)
+        return min(self.MOST_AT_ONCE, limit) if limit else self.MOST_AT_ONCE
 
     def _run_runs(self, work: tuple[Any, ...] | None) -> None:
         while work is not None:

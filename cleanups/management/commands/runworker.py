@@ -34,7 +34,8 @@ class Command(BaseCommand):
             type=positive_int,
             default=None,
             help="Most cleanup activities this worker runs at once (the SDK's "
-            "maximum_concurrent_activity_work_items; default 100 per CPU).",
+            "maximum_concurrent_activity_work_items; default 100 per CPU; cleanup runs, each "
+            "on a thread of its own, never more than 128 at once).",
         )
         parser.add_argument(
             "--max-orchestrations",
@@ -47,9 +48,9 @@ class Command(BaseCommand):
             "--threads",
             type=positive_int,
             default=None,
-            help="Size of the thread pool activities run on (the SDK's "
-            "maximum_thread_pool_workers; default CPUs + 4). A cleanup holds a thread "
-            "while it runs.",
+            help="Size of the SDK's thread pool, which steps the orchestrations (the SDK's "
+            "maximum_thread_pool_workers; default CPUs + 4). Cleanup runs have threads of "
+            "their own.",
         )
         parser.add_argument(
             "--list-tasks",
