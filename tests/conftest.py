@@ -65,6 +65,15 @@ def timer_created(durable_client: Any, instance_id: str) -> Any:
     return next((e for e in history if isinstance(e, history_events.TimerCreatedEvent)), None)
 
 
+def waiting(durable_client: Any, schedule: Any) -> bool:
+    """The schedule's orchestration waits for its next run: its run is done and the next one's
+    time is written (the activity writes next_run_at before it returns). A TimerCreatedEvent
+    alone is not that: a run's time limit is a timer created with the run."""
+    state = durable_client.get_orchestration_state(schedule.instance_id)
+    status = state.get_custom_status() if state else None
+    return bool(status) and status.get("state") == "waiting"
+
+
 def wait_for_clock(moment: datetime, timeout: float = 20.0) -> None:
     """Wait until the wall clock has passed ``moment`` (a schedule's planned time, say): for a
     test that proves nothing happened during a span, the span is fixed by the plan, not a sleep."""

@@ -21,7 +21,7 @@ from django.utils import timezone
 from cleanups import alerts
 from cleanups.durable.reconciler import Reconciler
 from cleanups.models import AlertDelivery, CleanupRun, CleanupSchedule
-from tests.conftest import form_data, runs_of, timer_created, wait_for_clock, wait_until
+from tests.conftest import form_data, runs_of, wait_for_clock, wait_until, waiting
 from tests.testapp.cleanup_tasks import FLAKY_FAILURES
 
 SITE = "http://cleanups.test"
@@ -263,7 +263,7 @@ def test_the_watchdog_alerts_when_it_restarts_a_stuck_schedule(
     settings.STUCK_RUN_GRACE_SECONDS = grace.total_seconds()
     schedule = make_schedule(interval=timedelta(seconds=60), alert_webhooks=[hook.url("/hook")])
     schedule.start()
-    wait_until(lambda: timer_created(durable_client, schedule.instance_id))
+    wait_until(lambda: waiting(durable_client, schedule))
     CleanupSchedule.objects.filter(pk=schedule.pk).update(
         next_run_at=timezone.now() - timedelta(seconds=5)
     )

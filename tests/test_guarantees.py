@@ -23,18 +23,12 @@ from cleanups.durable.reconciler import Reconciler
 from cleanups.durable.registration import register
 from cleanups.formatting import seconds_label
 from cleanups.models import CleanupRun, CleanupSchedule
-from tests.conftest import CountingEngine, is_live, runs_of, wait_for_clock, wait_until
+from tests.conftest import CountingEngine, is_live, runs_of, wait_for_clock, wait_until, waiting
 from tests.testapp import cleanup_tasks as testapp_tasks
 from tests.testapp.models import Event
 
 pytestmark = pytest.mark.django_db(transaction=True)
 READY = "Press Ctrl+C to stop"
-
-
-def waiting(durable_client, schedule) -> bool:
-    state = durable_client.get_orchestration_state(schedule.instance_id)
-    status = state.get_custom_status() if state else None
-    return bool(status) and status.get("state") == "waiting"
 
 
 def run_of(schedule, **lookups):

@@ -15,7 +15,7 @@ from cleanups import control
 from cleanups.control import ORCHESTRATION_NAME, fetch_runtime_states
 from cleanups.durable.reconciler import Reconciler
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
-from tests.conftest import is_live, runs_of, timer_created, wait_for_clock, wait_until
+from tests.conftest import is_live, runs_of, timer_created, wait_for_clock, wait_until, waiting
 
 pytestmark = pytest.mark.django_db(transaction=True)
 Status = dt_client.OrchestrationStatus
@@ -223,7 +223,7 @@ def test_the_watchdog_trusts_only_the_stall_it_saw_itself(
     settings.STUCK_RUN_GRACE_SECONDS = grace.total_seconds()
     schedule = make_schedule(interval=timedelta(seconds=60))
     schedule.start()
-    wait_until(lambda: timer_created(durable_client, schedule.instance_id))
+    wait_until(lambda: waiting(durable_client, schedule))
     # The database says its run is overdue; the engine has it waiting, untouched.
     CleanupSchedule.objects.filter(pk=schedule.pk).update(
         next_run_at=timezone.now() - timedelta(seconds=5)
@@ -285,27 +285,35 @@ def test_the_watchdog_restarts_a_few_a_pass_and_never_one_an_operator_acted_on_m
     for schedule in schedules:
         schedule.start()
     for schedule in schedules:
-        wait_until(lambda s=schedule: timer_created(durable_client, s.instance_id))
+        wait_until(lambda s=schedule: waiting(durable_client, s))
     CleanupSchedule.objects.update(next_run_at=timezone.now() - timedelta(seconds=5))
     reconciler = Reconciler(worker="test-host:1:me", interval=0.5)
+
+    def all_untouched_past_the_grace() -> bool:
+        states = fetch_runtime_states()
+        cutoff = timezone.now() - grace
+        return len(states) == 4 and all(
+            state.last_updated_at.replace(tzinfo=UTC) < cutoff for state in states.values()
+        )
+
+    # One pass sees all four at once for the first time; a pass a grace later finds all four
+    # stuck, restarts one and holds the other three back.
+    wait_until(all_untouched_past_the_grace)
     assert reconciler.restart_stuck(fetch_runtime_states()) == 0  # first sight
-
-    def one_pass() -> bool:
-        assert reconciler.restart_stuck(fetch_runtime_states()) <= 1
-        return "more schedules look stuck; restarting at most 1 a pass" in caplog.text
-
-    wait_until(one_pass, timeout=15)  # a pass that found more stuck than it may restart
+    wait_for_clock(timezone.now() + grace)
+    assert reconciler.restart_stuck(fetch_runtime_states()) == 1
+    assert "3 more schedules look stuck; restarting at most 1 a pass" in caplog.text
     restarted = [s for s in schedules if "made no progress" in _reason(s)]
-    assert 1 <= len(restarted) <= 2
+    assert len(restarted) == 1
 
     # An operator pauses one of the others after the watchdog read its state: not restarted.
-    waiting = [s for s in schedules if s not in restarted]
+    others = [s for s in schedules if s not in restarted]
     states = fetch_runtime_states()
-    paused = waiting[0]
+    paused = others[0]
     paused.refresh_from_db()
     assert control.pause_schedule(paused).outcome is control.Outcome.PAUSED
     assert not module._still_due(paused, states[paused.instance_id])
-    other = CleanupSchedule.objects.get(pk=waiting[1].pk)
+    other = CleanupSchedule.objects.get(pk=others[1].pk)
     assert module._still_due(other, states[other.instance_id])
 
 
