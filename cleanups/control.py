@@ -576,7 +576,8 @@ def start_schedules(queryset: QuerySet[CleanupSchedule]) -> BulkOutcome:
             for pk, generation in after.values_list("pk", "generation")
             if generation == generation_before[pk] + 1
         ]
-        spread = _spread_first_runs([s for s in stopped if s.pk in set(started_pks)], now)
+        ours = set(started_pks)
+        spread = _spread_first_runs([s for s in stopped if s.pk in ours], now)
     started = len(started_pks)
     _in_background(started_pks, lambda s: _start_generation(s, trigger="scheduled"), RUNNING, True)
     resuming = resume_schedules(CleanupSchedule.objects.filter(pk__in=paused))
