@@ -74,9 +74,10 @@ def test_the_dashboard_answers_alive_what_happened_and_what_fails(
     set_state(good, desired_state="running")
     set_state(bad, desired_state="paused")
     add_runs(good, ["succeeded"] * 25, hours_ago=30, items=1000)  # old: not in the last 24 h
-    add_runs(good, ["succeeded", "failed", "succeeded", "interrupted"], items=7)
-    add_runs(good, ["succeeded"], items=500, dry_run=True)  # a dry run deleted nothing
-    add_runs(bad, ["succeeded", "failed", "failed"], items=3)
+    # Well inside the last hour (good's 5) and well outside it (bad's 3), never at its edge.
+    add_runs(good, ["succeeded", "failed", "succeeded", "interrupted"], hours_ago=0.5, items=7)
+    add_runs(good, ["succeeded"], hours_ago=0.4, items=500, dry_run=True)  # deleted nothing
+    add_runs(bad, ["succeeded", "failed", "failed"], hours_ago=2, items=3)
 
     html = admin_client.get(reverse(DASHBOARD)).content.decode()
 
