@@ -325,7 +325,7 @@ def task_delete(
         if replacement is None:
             task.function(ctx)
         else:
-            with mock.patch.object(cleanup_tasks, "delete_in_batches", replacement):
+            with mock.patch.object(cleanup_tasks.rows, "delete_in_batches", replacement):
                 task.function(ctx)
         return ctx.items
 

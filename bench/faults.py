@@ -193,7 +193,7 @@ from django.db.models import Count
 from django.utils import timezone
 from durabletask.client import OrchestrationStatus
 
-from cleanups import control
+from cleanups import control, instances
 from cleanups.cadence import CRON, FIXED_DELAY, FIXED_RATE, Cadence
 from cleanups.models import CleanupRun, CleanupSchedule
 
@@ -726,8 +726,8 @@ def sample_states(bench: Bench) -> None:
             except DatabaseError:
                 continue
             try:
-                states = control.fetch_runtime_states()
-            except control.EngineUnavailable:
+                states = instances.fetch_runtime_states()
+            except instances.EngineUnavailable:
                 statuses = None
             else:
                 statuses = {
@@ -862,9 +862,9 @@ def final_states() -> dict[str, OrchestrationStatus]:
         try:
             return {
                 instance: state.runtime_status
-                for instance, state in control.fetch_runtime_states().items()
+                for instance, state in instances.fetch_runtime_states().items()
             }
-        except control.EngineUnavailable:
+        except instances.EngineUnavailable:
             if attempt == 4:
                 raise BenchError("the engine is unreachable after settling") from None
             time.sleep(2.0)
@@ -1154,7 +1154,7 @@ def gap(
 
 
 # The actions that write the skipped row of a schedule's overdue slots themselves
-# (control.record_overdue_slots). A resume's row is its worker's, and plans the next run as any.
+# (cleanups.runs.missed.record_overdue_slots). A resume's row is its worker's, and plans the next run as any.
 RECORDS_OVERDUE_SLOTS = {"pause", "restart", "terminate"}
 
 
@@ -1392,7 +1392,7 @@ def check_liveness(bench: Bench) -> tuple[list[str], int]:
                 close(pk)
                 continue
             status = sample.statuses.get(pk)
-            missing = sample.desired.get(pk) == RUNNING and status not in control.LIVE_STATUSES
+            missing = sample.desired.get(pk) == RUNNING and status not in instances.LIVE_STATUSES
             if not missing:
                 close(pk)
             elif pk in streaks:
@@ -1411,7 +1411,7 @@ def check_final(
     for pk, info in bench.schedules.items():
         row = schedules[pk]
         status = states.get(row["instance_id"])
-        live = status in control.LIVE_STATUSES
+        live = status in instances.LIVE_STATUSES
         engine = status.name.lower() if status else "no instance"
         if row["desired_state"] == STOPPED and live:
             stopped_live.append(f"{info.name}: stopped, engine {engine}")

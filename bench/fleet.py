@@ -106,14 +106,8 @@ sys.path.insert(0, str(ROOT))
 from durabletask import client as dt_client
 from durabletask import task
 
-from cleanups.durable.connection import (
-    EMBEDDED_HOST,
-    EngineConfig,
-    EngineMode,
-    build_client,
-    build_embedded_engine,
-    build_worker,
-)
+from cleanups.engine.config import EMBEDDED_HOST, EngineConfig, EngineMode
+from cleanups.engine.connection import build_client, build_embedded_engine, build_worker
 from cleanups.management.arguments import positive_int
 
 TASKHUB = "default"
@@ -1041,7 +1035,7 @@ def setup_description(args: argparse.Namespace) -> dict[str, Any]:
     """What was measured, where (after the database exists: it asks for its version)."""
     from django.db import connection
 
-    from cleanups import admin, control
+    from cleanups import control
     from cleanups.conf import settings
 
     if connection.vendor == "sqlite":
@@ -1057,7 +1051,7 @@ def setup_description(args: argparse.Namespace) -> dict[str, Any]:
         "engine": args.engine,
         "database": database,
         "seed": args.seed,
-        "admin_one_by_one": admin.ONE_BY_ONE,
+        "admin_one_by_one": control.ONE_BY_ONE,
         "bulk_threads": control.BULK_ENGINE_THREADS,
         "bulk_start_rate": float(settings.CLEANUP_BULK_START_RATE),
         "cpus": os.cpu_count(),

@@ -13,16 +13,16 @@ from unittest import mock
 
 from django.db import models
 
-from cleanups import registry
 from cleanups.registry import CleanupContext
+from cleanups.tasks import deleter
 
 
 def delete_in_batches_collector_only(
     ctx: CleanupContext, queryset: models.QuerySet[Any], batch_size: int | None = None
 ) -> None:
     """delete_in_batches with Django's collector for every cascade (no SQL cascade path)."""
-    with mock.patch.object(registry, "sql_cascade_plan", return_value=None):
-        registry.delete_in_batches(ctx, queryset, batch_size)
+    with mock.patch.object(deleter, "sql_cascade_plan", return_value=None):
+        deleter.delete_in_batches(ctx, queryset, batch_size)
 
 
 VARIANTS: dict[str, Callable[[CleanupContext, models.QuerySet[Any], int | None], None]] = {

@@ -108,7 +108,7 @@ def wait_for(count: Any, target: int, what: str, worker: Child, every: float = 0
 
 def engine_statuses() -> dict[str, int]:
     """How many of the fleet's orchestrations the engine has in each status."""
-    from cleanups.control import fetch_runtime_states, runtime_status_label
+    from cleanups.instances import fetch_runtime_states, runtime_status_label
     from cleanups.models import CleanupSchedule
 
     fleet_ids = list(

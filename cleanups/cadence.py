@@ -15,10 +15,13 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, CroniterError, croniter
+from django.utils import timezone
 
 FIXED_DELAY, FIXED_RATE, CRON = "fixed_delay", "fixed_rate", "cron"
 # Far from datetime's end (9999-12-31), so no run time, timer or time-zone shift overflows.
 LATEST_YEAR = 9000
+# The shortest interval a schedule may have.
+MIN_INTERVAL = timedelta(seconds=1)
 MAX_INTERVAL = timedelta(days=366)
 _Result = TypeVar("_Result")
 
@@ -131,8 +134,6 @@ def preview_times(
 
     Raises UncomputableRun (a ValueError) when they cannot be computed.
     """
-    from django.utils import timezone
-
     moment = moment or timezone.now()
     start_at = getattr(schedule, "start_at", None)
     if start_at and start_at > moment:

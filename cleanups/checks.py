@@ -1,12 +1,14 @@
 """System checks: a malformed engine setting is reported by `manage.py check`, not at first use."""
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.apps import apps
 from django.core.checks import Error, register
 
 from cleanups.conf import settings
-from cleanups.durable.connection import EngineConfigError, engine_config
+from cleanups.engine.config import EngineConfigError, engine_config
+from cleanups.webhooks import hostname, redact
 
 
 @register()
@@ -97,6 +99,32 @@ def check_setting_values(app_configs: Any = None, **kwargs: Any) -> list[Error]:
 @register()
 def check_alert_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     """A webhook URL that is no http(s) URL would fail at the first alert, unseen till then."""
-    from cleanups.alerts import settings_problems
+    return [Error(problem, id="cleanups.E004") for problem in alert_settings_problems()]
 
-    return [Error(problem, id="cleanups.E004") for problem in settings_problems()]
+
+def alert_settings_problems() -> list[str]:
+    """What is wrong with the alert settings (for the system checks)."""
+    problems = []
+    attempts = settings.ALERT_WEBHOOK_ATTEMPTS
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        problems.append(
+            f"ALERT_WEBHOOK_ATTEMPTS is {attempts!r}: it must be a whole number of 1 or more."
+        )
+    webhooks = settings.ALERT_WEBHOOKS
+    if isinstance(webhooks, list | tuple):
+        for url in webhooks:
+            if not isinstance(url, str):
+                continue  # the list check says so
+            if urlsplit(url).scheme not in ("http", "https") or not hostname(url):
+                problems.append(
+                    f"ALERT_WEBHOOKS lists {redact(url)}, which is not an http:// or https:// URL."
+                )
+    base = settings.CLEANUP_SITE_URL
+    if not isinstance(base, str) or (
+        base and not (base.startswith(("http://", "https://")) and hostname(base))
+    ):
+        problems.append(
+            f"CLEANUP_SITE_URL is {base!r}: it must be empty or the site's address, "
+            "e.g. https://cleanups.example.com."
+        )
+    return problems

@@ -1,4 +1,4 @@
-"""Filters for the run-history pages."""
+"""The forms: the run-history filters, and the admin's schedule form with its fields."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from django.db.models import QuerySet
 from django.forms.fields import InvalidJSONInput
 from django.utils import timezone
 
-from cleanups.alerts import WebhookURLsField
 from cleanups.models import CleanupRun
+from cleanups.webhooks import webhook_problem
+
+# A schedule has at most this many webhooks of its own.
+MAX_WEBHOOKS = 5
 
 
 class RunFilterForm(forms.Form):
@@ -87,6 +90,54 @@ class ParamsField(forms.JSONField):
             return super().bound_data(data, initial)
         except (RecursionError, ValueError):
             return InvalidJSONInput(data)
+
+
+class WebhookURLsField(forms.Field):
+    """A schedule's webhook URLs: one per line in the admin (a list in a declaration in code)."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "cols": 80})
+
+    def __init__(self, *, encoder: Any = None, decoder: Any = None, **kwargs: Any) -> None:
+        # The model's JSONField offers its encoder and decoder: a list of lines needs neither.
+        kwargs.setdefault("required", False)
+        super().__init__(**kwargs)
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return "\n".join(str(v) for v in value)
+        return value
+
+    def to_python(self, value: Any) -> list[str]:
+        if value in (None, ""):
+            return []
+        if isinstance(value, str):
+            lines = value.splitlines()
+        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            lines = list(value)
+        else:
+            raise ValidationError("Give webhook URLs one per line.", code="invalid")
+        urls: list[str] = []
+        for line in lines:
+            if line.strip() and line.strip() not in urls:
+                urls.append(line.strip())
+        return urls
+
+    def validate(self, value: list[str]) -> None:
+        super().validate(value)
+        if len(value) > MAX_WEBHOOKS:
+            raise ValidationError(
+                f"At most {MAX_WEBHOOKS} webhooks per schedule (the site's ALERT_WEBHOOKS get "
+                "every alert as well).",
+                code="max_webhooks",
+            )
+        errors = []
+        for url in value:
+            problem = webhook_problem(url)
+            if problem:
+                shown = url if len(url) <= 80 else url[:79] + "…"
+                errors.append(ValidationError(f"{shown}: {problem}.", code="webhook"))
+        if errors:
+            raise ValidationError(errors)
 
 
 class CleanupScheduleForm(forms.ModelForm):

@@ -1,4 +1,4 @@
-"""Health: one set of checks for ``GET /healthz`` and ``manage.py healthcheck``, and the liveness
+"""Health: one set of checks for ``GET /healthz`` (cleanups.ops_views) and ``manage.py healthcheck``, and the liveness
 of one runworker process for ``runworker --health-port``.
 
 The site's checks (readiness of the whole): the database answers; the engine answers; some
@@ -16,21 +16,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import grpc
 from django.db import connections
 from django.db.models import Max
-from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
-from django.views.decorators.cache import never_cache
 
+from cleanups import instances
 from cleanups.conf import settings
+from cleanups.engine.config import EngineConfigError, engine_config
+from cleanups.instances import EngineUnavailable
+from cleanups.metrics import RECONCILER_CLOCK
+from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
 
 OK = "ok"
 FAILING = "failing"
 # The engine is asked for an instance that never exists: the cheapest call that needs it to
 # answer (listing our instances would parse the whole fleet's states).
 PROBE_INSTANCE_ID = "cleanups-health-probe"
-# Who may see the reasons (and /metrics): staff who may view schedules, as the dashboard.
-VIEW_SCHEDULES = "cleanups.view_cleanupschedule"
 # At most this many schedules are named in a reason.
 NAMED = 5
 
@@ -81,8 +83,6 @@ def _names(names: list[str], more: bool) -> str:
 
 
 def check_database() -> Check:
-    from cleanups.models import CleanupSchedule
-
     try:
         with connections[CleanupSchedule.objects.db].cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -94,11 +94,6 @@ def check_database() -> Check:
 
 def check_engine() -> Check:
     """The engine answers a call (a state query for an instance that does not exist)."""
-    import grpc
-
-    from cleanups.control import EngineUnavailable, engine_call
-    from cleanups.durable.connection import EngineConfigError, engine_config, get_client
-
     try:
         config = engine_config()
     except EngineConfigError as error:
@@ -106,8 +101,7 @@ def check_engine() -> Check:
     where = f"the engine at {config.display_endpoint} ({config.mode})"
     began = time.monotonic()
     try:
-        with engine_call():
-            get_client().get_orchestration_state(PROBE_INSTANCE_ID, fetch_payloads=False)
+        instances.state_of_instance(PROBE_INSTANCE_ID)
     except EngineUnavailable as error:
         return Check("engine", False, f"{where} cannot be reached: {_one_line(error)}")
     except grpc.RpcError as error:
@@ -122,8 +116,6 @@ def check_engine() -> Check:
 
 
 def check_workers(now: datetime) -> Check:
-    from cleanups.models import WorkerHeartbeat
-
     limit = 2 * float(settings.RECONCILE_INTERVAL)
     newest = WorkerHeartbeat.objects.aggregate(newest=Max("last_seen"))["newest"]
     if newest is None:
@@ -134,8 +126,6 @@ def check_workers(now: datetime) -> Check:
 
 
 def check_recovering() -> Check:
-    from cleanups.models import CleanupSchedule
-
     names = list(
         CleanupSchedule.objects.filter(recovering_since__isnull=False)
         .order_by("name")
@@ -152,8 +142,6 @@ def check_recovering() -> Check:
 
 
 def check_stuck_runs(now: datetime) -> Check:
-    from cleanups.models import CleanupRun
-
     seconds = float(settings.HEALTH_STUCK_SECONDS)
     if seconds <= 0:
         return Check("stuck_runs", True, "not checked (HEALTH_STUCK_SECONDS is 0)")
@@ -204,31 +192,12 @@ def _guarded(name: str, check: Callable[[], Check]) -> Check:
         return Check(name, False, f"could not be checked: {_one_line(error)}")
 
 
-def may_see_details(request: HttpRequest) -> bool:
-    """Staff who may view schedules (as the dashboard asks). False when the session cannot be
-    read (the database is down): never an error."""
-    try:
-        user = request.user
-        return bool(user.is_active and user.is_staff and user.has_perm(VIEW_SCHEDULES))
-    except Exception:
-        return False
-
-
-@never_cache
-def healthz_view(request: HttpRequest) -> JsonResponse:
-    """GET /healthz: 200 {"status": "ok", "checks": {...}} or 503 with "failing"; with
-    ``?verbose=1`` staff also get each check's reason."""
-    report = run_checks()
-    verbose = request.GET.get("verbose", "") not in ("", "0") and may_see_details(request)
-    return JsonResponse(report.as_dict(reasons=verbose), status=200 if report.ok else 503)
-
-
 # --- One runworker's liveness ----------------------------------------------------------------
 
 
 def stream_connected(worker: Any) -> bool:
     """Whether the SDK worker's work-item stream to the engine is open. The SDK keeps the call
-    in ``_response_stream`` (connection.py reads it too) and drops it while it reconnects."""
+    in ``_response_stream`` (cleanups.engine.ontime reads it too) and drops it while it reconnects."""
     stream = getattr(worker, "_response_stream", None)
     try:
         return stream is not None and bool(stream.is_active())
@@ -263,8 +232,6 @@ class WorkerLiveness:
     def reconciler_age(self) -> float | None:
         """Seconds since the reconciler was last seen working: since its last pass ended, or
         since the pass it is in began; None before its first pass."""
-        from cleanups.metrics import RECONCILER_CLOCK
-
         began, ended = RECONCILER_CLOCK.read()
         if began is None:
             return None
@@ -273,8 +240,6 @@ class WorkerLiveness:
         return time.monotonic() - began
 
     def reconciler(self) -> Check:
-        from cleanups.metrics import RECONCILER_CLOCK
-
         limit = 2 * self.interval
         age = self.reconciler_age()
         if age is None:

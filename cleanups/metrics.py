@@ -1,4 +1,6 @@
 """Prometheus metrics (the official ``prometheus-client``), from two sources, each counted once.
+This module holds the worker side (a leaf: the run life cycle counts into it); the web side is
+``cleanups.fleet_metrics``, served by ``cleanups.ops_views``.
 
 **Each runworker** (``runworker --metrics-port``) counts what happens in that process, as it
 happens: the runs whose outcome it records (``cleanups_runs_total``), their durations and
@@ -22,24 +24,13 @@ records, and a count that goes down reads to Prometheus as a counter reset (a sp
 
 from __future__ import annotations
 
-import hmac
 import logging
-import math
 import threading
 import time
-from collections.abc import Iterator
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from django.db.models import Count, Max, Q
-from django.http import HttpRequest, HttpResponse
-from django.utils import timezone
-from django.views.decorators.cache import never_cache
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
-
-from cleanups.conf import settings
 
 if TYPE_CHECKING:
     from cleanups.models import CleanupRun
@@ -185,130 +176,3 @@ def worker_exposition(accept: str = "") -> tuple[bytes, str]:
     """What runworker --metrics-port serves: this process's registry (its counters, histograms,
     the liveness gauges its ops server registers, and the library's process metrics)."""
     return exposition(REGISTRY, accept)
-
-
-# --- Web side: the fleet's state, read at every scrape ---------------------------------------
-
-
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, value=value)
-
-
-class FleetCollector:
-    """The fleet's figures from the database and the engine, read when scraped. Never raises:
-    an engine or database that cannot be reached is a 0 in ``cleanups_engine_up`` or
-    ``cleanups_database_up``, and the figures that need the database are left out."""
-
-    def describe(self) -> list[Metric]:
-        return []  # registered without a trial collect(): that would query at import
-
-    def collect(self) -> Iterator[Metric]:
-        from cleanups.health import check_engine
-
-        yield _gauge(
-            "cleanups_engine_up",
-            "1 if the Durable Task engine answered this scrape, else 0.",
-            1 if check_engine().ok else 0,
-        )
-        try:
-            figures = _fleet_figures()
-        except Exception as error:  # the database is down, or mid-migration
-            logger.warning("metrics: cannot read the database: %s", error)
-            yield _gauge("cleanups_database_up", "1 if the database answered this scrape.", 0)
-            return
-        yield _gauge("cleanups_database_up", "1 if the database answered this scrape.", 1)
-        yield from figures
-
-
-def _fleet_figures() -> list[Metric]:
-    """Four queries, whatever the number of schedules and runs."""
-    from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
-    from cleanups.views import DASHBOARD_TOTALS, _fleet
-
-    now = timezone.now()
-    schedules, conditions = _fleet(now)
-    totals = schedules.aggregate(
-        **{key: Count("pk", filter=conditions[key]) for key in DASHBOARD_TOTALS}
-    )
-    by_state = GaugeMetricFamily(
-        "cleanups_schedules",
-        "Schedules by state, as the dashboard's totals: running, paused, stopped and recovering "
-        "partition them; failing and late are what may be wrong with some.",
-        labels=["state"],
-    )
-    for key in DASHBOARD_TOTALS:
-        by_state.add_metric([key], totals[key])
-
-    alive_after = now - timedelta(seconds=2 * float(settings.RECONCILE_INTERVAL))
-    beats = WorkerHeartbeat.objects.aggregate(
-        newest=Max("last_seen"), alive=Count("pk", filter=Q(last_seen__gte=alive_after))
-    )
-    age = math.inf if beats["newest"] is None else (now - beats["newest"]).total_seconds()
-
-    streaks = GaugeMetricFamily(
-        "cleanups_schedule_consecutive_failures",
-        "Failed or timed-out runs in a row, per schedule; present only while a schedule has such "
-        "a streak (its next success ends it).",
-        labels=["schedule"],
-    )
-    for name, failures in (
-        CleanupSchedule.objects.filter(consecutive_failures__gt=0)
-        .order_by("name")
-        .values_list("name", "consecutive_failures")
-    ):
-        streaks.add_metric([name], failures)
-
-    return [
-        by_state,
-        _gauge(
-            "cleanups_worker_heartbeat_age_seconds",
-            "Seconds since the most recent heartbeat of any runworker (+Inf: none has one).",
-            max(age, 0.0),
-        ),
-        _gauge(
-            "cleanups_workers",
-            "runworker processes whose heartbeat is younger than two reconcile intervals.",
-            beats["alive"],
-        ),
-        _gauge(
-            "cleanups_runs_in_progress",
-            "Runs recorded as running (executing, between parts, or waiting for a retry).",
-            CleanupRun.objects.running().count(),
-        ),
-        streaks,
-    ]
-
-
-WEB_REGISTRY = CollectorRegistry(auto_describe=False)
-WEB_REGISTRY.register(FleetCollector())  # type: ignore[arg-type]
-
-
-def web_exposition(accept: str = "") -> tuple[bytes, str]:
-    return exposition(WEB_REGISTRY, accept)
-
-
-def _bearer_token_matches(request: HttpRequest) -> bool:
-    token = str(settings.METRICS_TOKEN or "")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if not token or scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
-
-
-@never_cache
-def metrics_view(request: HttpRequest) -> HttpResponse:
-    """GET /metrics: for staff who may view schedules, or with ``Authorization: Bearer
-    <METRICS_TOKEN>``; 403 for anyone else (and for everyone but such staff while no token is
-    set)."""
-    from cleanups.health import may_see_details
-
-    if not (_bearer_token_matches(request) or may_see_details(request)):
-        response = HttpResponse(
-            "Forbidden: /metrics needs a staff login or the METRICS_TOKEN bearer token.\n",
-            status=403,
-            content_type="text/plain; charset=utf-8",
-        )
-        response["WWW-Authenticate"] = 'Bearer realm="cleanups metrics"'
-        return response
-    body, content_type = web_exposition(request.headers.get("Accept", ""))
-    return HttpResponse(body, content_type=content_type)

@@ -32,7 +32,12 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from durabletask.internal import tracing as dt_tracing
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -105,8 +110,6 @@ def unconfigure() -> None:
 
 
 def _install(names: list[str], span_processor: SpanProcessor | None) -> _Installed:
-    from django.core.exceptions import ImproperlyConfigured
-
     try:
         from opentelemetry import trace
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -132,8 +135,6 @@ def _install(names: list[str], span_processor: SpanProcessor | None) -> _Install
 
 def _exporter(name: str) -> Any:
     """The span exporter ``OTEL_TRACES_EXPORTER`` names; it reads its own settings."""
-    from django.core.exceptions import ImproperlyConfigured
-
     if name == "otlp":
         # The specification's default protocol is http/protobuf (the Python SDK's own setup
         # defaults to gRPC); both exporters are installed with the `tracing` extra.
@@ -154,8 +155,6 @@ def _exporter(name: str) -> Any:
                 "http/protobuf (the default) or grpc."
             )
         return OTLPSpanExporter()
-    from importlib.metadata import entry_points
-
     found = entry_points(group="opentelemetry_traces_exporter", name=name)
     if not found:
         raise ImproperlyConfigured(
@@ -203,7 +202,6 @@ def _sampler() -> Any:
 
 def _instrument() -> list[Any]:
     """Django, the database drivers the settings use, and threads; what was instrumented."""
-    from django.conf import settings
     from opentelemetry.instrumentation.django import DjangoInstrumentor
     from opentelemetry.instrumentation.threading import ThreadingInstrumentor
 
@@ -245,8 +243,6 @@ def execution_trace(
     instrumentation exists for this: the engine is ours (the SDK's in-memory backend carries no
     trace context at all).
     """
-    from durabletask.internal import tracing as dt_tracing
-
     if not dt_tracing.OTEL_AVAILABLE or (_installed is None and not _configured_elsewhere()):
         return None  # tracing is off: no span to make (every continue-as-new asks)
     from opentelemetry import context, trace

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from cleanups import health, metrics, views
+from cleanups import ops_views, views
 
 app_name = "cleanups"
 
@@ -13,6 +13,6 @@ urlpatterns = [
     path("runs/<int:pk>/", views.run_detail, name="run_detail"),
     path("schedules/preview/", views.cadence_preview, name="cadence_preview"),
     # Operations (README, "Operating it"): under the prefix the app is mounted at.
-    path("healthz", health.healthz_view, name="healthz"),
-    path("metrics", metrics.metrics_view, name="metrics"),
+    path("healthz", ops_views.healthz_view, name="healthz"),
+    path("metrics", ops_views.metrics_view, name="metrics"),
 ]

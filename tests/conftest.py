@@ -22,10 +22,12 @@ from django.db import connection
 from django.utils import timezone
 from durabletask import history as history_events
 
-from cleanups.control import LIVE_STATUSES
-from cleanups.durable import connection as durable_connection
-from cleanups.durable.connection import EmbeddedEngine, build_worker, engine_config
 from cleanups.durable.registration import register
+from cleanups.engine import connection as durable_connection
+from cleanups.engine.config import engine_config
+from cleanups.engine.connection import build_worker
+from cleanups.engine.embedded import EmbeddedEngine
+from cleanups.instances import LIVE_STATUSES
 from cleanups.models import CleanupRun, CleanupSchedule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,7 +151,7 @@ def worker(engine: CountingEngine) -> Iterator[Any]:
 @pytest.fixture
 def durable_client(engine: CountingEngine) -> Any:
     """A Durable Task client for the test engine (not Django's test client)."""
-    from cleanups.durable.connection import get_client
+    from cleanups.engine.connection import get_client
 
     return get_client()
 

@@ -7,9 +7,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from cleanups.durable.activities import execute_iteration, run_cleanup
+from cleanups.durable.activities import run_cleanup
 from cleanups.models import CleanupRun, CleanupSchedule
 from cleanups.registry import cleanup_task
+from cleanups.runs.execute import execute_iteration
 from tests.conftest import runs_of
 
 pytestmark = pytest.mark.django_db

@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 from durabletask import client as dt_client
 
+from cleanups import control
 from cleanups.models import CleanupRun, CleanupSchedule
 from tests.conftest import form_data, is_live, runs_of, wait_until
 
@@ -78,11 +79,11 @@ def test_changelist_shows_engine_status_with_one_batched_query(
     terminated = make_schedule(name="gamma-terminated", interval=timedelta(minutes=5))
     make_schedule(name="delta-never-started")
     make_schedule(name="epsilon-never-started")
-    assert running.start().outcome.value == "started"
-    assert terminated.start().outcome.value == "started"
+    assert control.start_schedule(running).outcome.value == "started"
+    assert control.start_schedule(terminated).outcome.value == "started"
     wait_until(lambda: waiting_for_next_run(durable_client, running))
     wait_until(lambda: waiting_for_next_run(durable_client, terminated))
-    assert terminated.terminate().outcome.value == "terminated"
+    assert control.terminate_schedule(terminated).outcome.value == "terminated"
     wait_until(lambda: state_of(durable_client, terminated).runtime_status == TERMINATED)
 
     engine.calls.clear()
@@ -285,7 +286,7 @@ def test_terminate_action_terminates_the_orchestration(
     admin_client, worker, durable_client, make_schedule
 ):
     schedule = make_schedule(name="doomed", interval=timedelta(minutes=5))
-    assert schedule.start().outcome.value == "started"
+    assert control.start_schedule(schedule).outcome.value == "started"
     wait_until(lambda: waiting_for_next_run(durable_client, schedule))
 
     response = post_action(admin_client, "terminate_schedules", schedule)

@@ -18,7 +18,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from cleanups import alerts
+from cleanups import alerts, control, webhooks
 from cleanups.durable.reconciler import Reconciler
 from cleanups.models import AlertDelivery, CleanupRun, CleanupSchedule
 from tests.conftest import form_data, runs_of, wait_for_clock, wait_until, waiting
@@ -148,7 +148,7 @@ def test_a_failure_streak_and_the_recovery_reach_the_schedules_and_the_sites_web
         alert_webhooks=[hook.url("/schedule")],
     )
     FLAKY_FAILURES.pop(str(schedule.pk), None)
-    schedule.start()
+    control.start_schedule(schedule)
 
     for path in ("/schedule", "/site"):
         wait_until(lambda path=path: "recovered" in hook.events(path), timeout=30)
@@ -204,7 +204,7 @@ def test_pausing_after_failures_alerts_once_per_streak_and_then_the_pause(
         pause_after_failures=3,
         alert_webhooks=[hook.url("/hook")],
     )
-    schedule.start()
+    control.start_schedule(schedule)
     durable_client.wait_for_orchestration_completion(schedule.instance_id, timeout=30)
     assert alerts.flush(20)
 
@@ -229,7 +229,7 @@ def test_a_time_out_alerts_once_where_it_is_detected(worker, make_schedule, hook
         max_run_seconds=1,
         alert_webhooks=[hook.url("/hook")],
     )
-    schedule.start()
+    control.start_schedule(schedule)
 
     timed_out = wait_until(
         lambda: CleanupRun.objects.filter(schedule=schedule, status="timed_out").first()
@@ -257,12 +257,12 @@ def test_the_watchdog_alerts_when_it_restarts_a_stuck_schedule(
 ):
     from datetime import UTC
 
-    from cleanups.control import fetch_runtime_states
+    from cleanups.instances import fetch_runtime_states
 
     grace = timedelta(seconds=1)
     settings.STUCK_RUN_GRACE_SECONDS = grace.total_seconds()
     schedule = make_schedule(interval=timedelta(seconds=60), alert_webhooks=[hook.url("/hook")])
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: waiting(durable_client, schedule))
     CleanupSchedule.objects.filter(pk=schedule.pk).update(
         next_run_at=timezone.now() - timedelta(seconds=5)
@@ -294,7 +294,7 @@ def test_a_webhook_that_keeps_failing_never_holds_up_the_schedule_and_shows_on_i
         alert_webhooks=[hook.url("/down?token=s3cr3t")],
     )
     caplog.set_level(logging.INFO, logger="cleanups.alerts")
-    schedule.start()
+    control.start_schedule(schedule)
 
     wait_until(lambda: hook.received("/down"), timeout=20)
     # The first attempt hangs: the schedule runs on meanwhile, on time.
@@ -312,7 +312,7 @@ def test_a_webhook_that_keeps_failing_never_holds_up_the_schedule_and_shows_on_i
     assert row.run_pk == runs_of(schedule)[0].pk
     runs_before = len(runs_of(schedule))
     wait_until(lambda: len(runs_of(schedule)) > runs_before, timeout=20)  # it still runs
-    schedule.terminate()
+    control.terminate_schedule(schedule)
 
     failure_lines = [
         r.getMessage()
@@ -412,7 +412,7 @@ def test_at_delivery_an_internal_address_is_refused_unless_allowed_or_site_wide(
 
 @pytest.mark.django_db(transaction=True)
 def test_only_the_newest_deliveries_are_kept_per_schedule(make_schedule, hook, monkeypatch):
-    monkeypatch.setattr(alerts, "DELIVERIES_KEPT", 3)
+    monkeypatch.setattr(alerts.delivery, "DELIVERIES_KEPT", 3)
     schedule = make_schedule(alert_webhooks=[hook.url("/hook")])
     run = fake_run(schedule)
     for _ in range(5):
@@ -425,7 +425,7 @@ def test_only_the_newest_deliveries_are_kept_per_schedule(make_schedule, hook, m
 def test_nothing_is_queued_without_a_webhook():
     schedule = CleanupSchedule(pk=1, name="quiet", task="sample", alert_webhooks=[])
     alerts.send(alerts.FAILING, schedule)
-    assert alerts._pending == 0
+    assert alerts.delivery._pending == 0
 
 
 # Bodies ------------------------------------------------------------------------------------
@@ -545,20 +545,21 @@ def test_without_a_site_address_slack_and_teams_get_the_path_as_text(settings):
     ],
 )
 def test_internal_addresses(address):
-    assert alerts.is_internal(address)
+    assert webhooks.is_internal(address)
 
 
 @pytest.mark.parametrize("address", ["93.184.215.14", "1.1.1.1", "2606:4700:4700::1111"])
 def test_public_addresses(address):
-    assert not alerts.is_internal(address)
+    assert not webhooks.is_internal(address)
 
 
 def test_a_webhook_is_shown_and_logged_without_its_path_or_query():
     assert (
-        alerts.redact("https://hooks.slack.com/services/T/B/secret") == "https://hooks.slack.com/…"
+        webhooks.redact("https://hooks.slack.com/services/T/B/secret")
+        == "https://hooks.slack.com/…"
     )
-    assert alerts.redact("http://u:pw@[::1]:8080/x?k=v") == "http://[::1]:8080/…"
-    assert alerts.redact("https://example.com") == "https://example.com/"
+    assert webhooks.redact("http://u:pw@[::1]:8080/x?k=v") == "http://[::1]:8080/…"
+    assert webhooks.redact("https://example.com") == "https://example.com/"
 
 
 def add_form(admin_client, webhooks: str):

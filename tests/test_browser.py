@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from cleanups import control
 from cleanups.models import CleanupRun, CleanupSchedule
 from tests.conftest import ROOT
 
@@ -121,7 +122,7 @@ def test_an_operator_runs_a_schedule_end_to_end(page, live_server, worker, durab
         params={},
         interval=__import__("datetime").timedelta(seconds=30),
     )
-    failing.start()
+    control.start_schedule(failing)
     run = _wait_for(lambda: CleanupRun.objects.filter(schedule=failing, status="failed").first())
     page.goto(f"{base}{run.get_absolute_url()}")
     assert "RuntimeError: the disk is on fire" in page.inner_text("p.errornote")

@@ -9,6 +9,7 @@ from datetime import UTC, timedelta
 import pytest
 from django.utils import timezone
 
+from cleanups import control
 from cleanups.models import CleanupRun, CleanupSchedule
 from cleanups.registry import CleanupContext, get_task
 from tests.conftest import is_live, runs_of, wait_for_clock, wait_until
@@ -67,7 +68,7 @@ def test_a_long_run_goes_in_parts_with_progress_in_the_custom_status(
         },
         interval=timedelta(minutes=5),
     )
-    schedule.start()
+    control.start_schedule(schedule)
 
     progress: list[int] = []
     deadline = time.monotonic() + 60
@@ -94,7 +95,7 @@ def test_purge_orchestrations_purges_finished_instances_only(worker, durable_cli
     finished = [make_schedule(max_iterations=1) for _ in range(3)]
     alive = make_schedule(interval=timedelta(minutes=5))
     for schedule in [*finished, alive]:
-        schedule.start()
+        control.start_schedule(schedule)
     created = [
         durable_client.wait_for_orchestration_completion(s.instance_id, timeout=20).created_at
         for s in finished

@@ -12,9 +12,9 @@ from django.contrib.sessions.models import Session
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from cleanups.durable.activities import execute_iteration
 from cleanups.models import CleanupRun, CleanupSchedule
 from cleanups.registry import CleanupContext, get_task
+from cleanups.runs.execute import execute_iteration
 from tests.testapp.models import Audited, Child, DeletionLog, Event, Parent
 
 pytestmark = pytest.mark.django_db

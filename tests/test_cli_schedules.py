@@ -14,6 +14,7 @@ from django.utils import timezone
 from durabletask import client as dt_client
 
 from cleanups.control import Outcome
+from cleanups.control import acting as control_act
 from cleanups.management.commands import schedules as command
 from cleanups.models import CleanupRun, CleanupSchedule
 from tests.conftest import database_url, is_live, manage, runs_of, wait_until
@@ -357,7 +358,7 @@ def test_with_the_engine_unreachable_the_state_is_recorded_and_it_exits_2(
 def test_many_schedules_go_the_bulk_way_with_one_message(
     worker, durable_client, make_schedule, monkeypatch
 ):
-    monkeypatch.setattr(command, "ONE_BY_ONE", 1)
+    monkeypatch.setattr(control_act, "ONE_BY_ONE", 1)
     first = make_schedule(name="first", interval=HOUR)
     second = make_schedule(name="second", interval=HOUR)
 
@@ -375,7 +376,7 @@ def test_many_schedules_go_the_bulk_way_with_one_message(
 
 
 def test_many_schedules_with_the_engine_unreachable_exit_2(engine_port, make_schedule, monkeypatch):
-    monkeypatch.setattr(command, "ONE_BY_ONE", 1)
+    monkeypatch.setattr(control_act, "ONE_BY_ONE", 1)
     first = make_schedule(name="first")
     second = make_schedule(name="second")
 

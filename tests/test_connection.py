@@ -13,16 +13,11 @@ from django.core.management.base import SystemCheckError
 from durabletask.azuremanaged.client import DurableTaskSchedulerClient
 
 from cleanups.checks import check_engine_settings
-from cleanups.control import EngineUnavailable, fetch_runtime_states
-from cleanups.durable import connection
-from cleanups.durable.connection import (
-    EmbeddedEngine,
-    EngineConfigError,
-    EngineMode,
-    EngineStartError,
-    build_client,
-    engine_config,
-)
+from cleanups.engine import connection
+from cleanups.engine.config import EngineConfigError, EngineMode, engine_config
+from cleanups.engine.connection import build_client
+from cleanups.engine.embedded import EmbeddedEngine, EngineStartError
+from cleanups.instances import EngineUnavailable, fetch_runtime_states
 from tests.conftest import CountingEngine, free_port
 
 
@@ -191,7 +186,7 @@ def test_a_new_client_reaches_a_new_engine_on_a_port_an_old_one_used(engine_port
         engine = CountingEngine(engine_port)
         engine.start()
         try:
-            client = connection.build_client(connection.engine_config(), 3.0)
+            client = build_client(engine_config(), 3.0)
             client.get_orchestration_state("nobody")  # raises if it shares a failed connection
         finally:
             engine.stop(grace=0)

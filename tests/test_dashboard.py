@@ -14,7 +14,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from cleanups.models import CleanupRun, CleanupSchedule
-from cleanups.views import DASHBOARD_PER_PAGE, fleet_lateness
+from cleanups.reads.fleet import fleet_lateness
+from cleanups.views.dashboard_model import DASHBOARD_PER_PAGE
 
 pytestmark = pytest.mark.django_db
 DASHBOARD = "cleanups:dashboard"

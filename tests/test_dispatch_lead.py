@@ -13,11 +13,15 @@ import pytest
 from django.utils import timezone
 
 from cleanups import control
+from cleanups.contract import WorkerStopping
 from cleanups.control import Outcome
-from cleanups.durable import activities
-from cleanups.durable.connection import OnTimeWorker, build_worker, engine_config
 from cleanups.durable.registration import register
+from cleanups.engine.config import engine_config
+from cleanups.engine.connection import build_worker
+from cleanups.engine.ontime import OnTimeWorker
 from cleanups.models import CleanupRun, CleanupSchedule
+from cleanups.runs import worker as this_worker
+from cleanups.runs.execute import execute_iteration
 from tests.conftest import CountingEngine, wait_for_clock, wait_until
 from tests.test_guarantees import run_of, serving
 
@@ -55,7 +59,7 @@ def handed_over(engine: HandOverClock, schedule: CleanupSchedule) -> list[dateti
 def second_run_in_hand(engine: HandOverClock, schedule: CleanupSchedule) -> datetime:
     """Start the schedule, let its first run end, and wait until its second is in its worker's
     hands, waiting for its time; that time."""
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: run_of(schedule, iteration=1, status="succeeded"))
     wait_until(lambda: len(handed_over(engine, schedule)) == 2)
     schedule.refresh_from_db()
@@ -65,7 +69,7 @@ def second_run_in_hand(engine: HandOverClock, schedule: CleanupSchedule) -> date
 
 def test_a_run_is_handed_over_ahead_and_starts_at_its_planned_time(lead_engine, make_schedule):
     schedule = make_schedule(cadence="fixed_rate", interval=timedelta(seconds=4))
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: run_of(schedule, iteration=3, status="succeeded"), timeout=30)
 
     scheduled = list(
@@ -113,7 +117,7 @@ def test_a_terminate_in_the_lead_means_no_run(lead_engine, make_schedule):
 
 def test_a_run_now_in_the_lead_runs_after_the_handed_over_run(lead_engine, make_schedule):
     schedule = make_schedule(cadence="fixed_rate", interval=timedelta(seconds=5))
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: run_of(schedule, iteration=1, status="succeeded"))
     wait_until(lambda: len(handed_over(lead_engine, schedule)) == 2)
 
@@ -130,10 +134,10 @@ def test_a_worker_asked_to_stop_stops_waiting_for_the_planned_time(make_schedule
         interval=timedelta(seconds=30), desired_state=CleanupSchedule.DesiredState.RUNNING
     )
     planned = timezone.now() + timedelta(seconds=30)
-    monkeypatch.setattr(activities, "STOPPING", threading.Event())
-    threading.Timer(0.2, activities.STOPPING.set).start()
-    with pytest.raises(activities.WorkerStopping):
-        activities.execute_iteration(
+    monkeypatch.setattr(this_worker, "STOPPING", threading.Event())
+    threading.Timer(0.2, this_worker.STOPPING.set).start()
+    with pytest.raises(WorkerStopping):
+        execute_iteration(
             schedule.pk, 2, planned_at=planned.isoformat(), generation=schedule.generation
         )
     assert not CleanupRun.objects.filter(schedule=schedule).exists()
@@ -242,10 +246,12 @@ def test_runs_never_hold_the_sdks_pool(worker, make_schedule):
     RELEASE.clear()
     try:
         for n in range(blocking):
-            make_schedule(name=f"blocks-{n}", task="testapp_blocks", params={}).start()
+            control.start_schedule(
+                make_schedule(name=f"blocks-{n}", task="testapp_blocks", params={})
+            )
         wait_until(lambda: BLOCKING["now"] == blocking, timeout=30)
         other = make_schedule(name="other")
-        other.start()
+        control.start_schedule(other)
         wait_until(lambda: run_of(other, iteration=1, status="succeeded"), timeout=15)
         assert BLOCKING["now"] == blocking
     finally:
@@ -268,7 +274,7 @@ def test_a_lower_activity_limit_bounds_the_runs_at_once(engine, make_schedule):
     ]
     try:
         for schedule in schedules:
-            schedule.start()
+            control.start_schedule(schedule)
         # All four handed to the worker: two running, two queued behind them.
         wait_until(lambda: BLOCKING["now"] == 2 and len(limited._run_queue) == 2, timeout=30)
         assert CleanupRun.objects.filter(status="running").count() == 2

@@ -30,14 +30,11 @@ from durabletask.internal import orchestrator_service_pb2_grpc as stubs
 from durabletask.testing import InMemoryOrchestrationBackend, in_memory_backend
 from google.protobuf import wrappers_pb2
 
-from cleanups.durable import activities
-from cleanups.durable.connection import (
-    EmbeddedEngine,
-    _KeepsBackStopping,
-    build_client,
-    build_worker,
-    engine_config,
-)
+from cleanups.contract import WorkerStopping
+from cleanups.engine.config import engine_config
+from cleanups.engine.connection import build_client, build_worker
+from cleanups.engine.embedded import EmbeddedEngine
+from cleanups.engine.ontime import _KeepsBackStopping
 from tests.conftest import timer_created, wait_until
 
 SDK = InMemoryOrchestrationBackend
@@ -134,7 +131,7 @@ def test_the_worker_hooks_the_on_time_start_relies_on_are_the_sdks():
     assert "stub.CompleteActivityTask(res)" in source
     assert "ph.new_failure_details(" in source  # an activity's exception, reported as failed
     assert "self._execute_activity," in inspect.getsource(dt_worker.TaskHubGrpcWorker)
-    assert dt_helpers.get_qualified_name(activities.WorkerStopping) == (_KeepsBackStopping.STOPPING)
+    assert dt_helpers.get_qualified_name(WorkerStopping) == (_KeepsBackStopping.STOPPING)
 
 
 def test_activity_results_carry_back_the_completion_token_of_their_work_item():

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 from durabletask import client as dt_client
 
-from cleanups import control
+from cleanups import control, instances
 from cleanups.models import INSTANCE_ID_PREFIX, CleanupSchedule
 from tests.conftest import is_live, wait_until
 
@@ -39,12 +39,12 @@ def many_schedules(count: int, **fields) -> None:
 
 
 def live_count(client=None) -> int:
-    states = control.fetch_runtime_states()
-    return sum(state.runtime_status in control.LIVE_STATUSES for state in states.values())
+    states = instances.fetch_runtime_states()
+    return sum(state.runtime_status in instances.LIVE_STATUSES for state in states.values())
 
 
 def status_count(client, status) -> int:
-    return sum(s.runtime_status == status for s in control.fetch_runtime_states().values())
+    return sum(s.runtime_status == status for s in instances.fetch_runtime_states().values())
 
 
 def test_bulk_actions_take_a_fleet_through_its_states(worker, durable_client):

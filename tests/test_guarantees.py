@@ -16,13 +16,16 @@ from durabletask.testing import InMemoryOrchestrationBackend
 
 from cleanups import control
 from cleanups.control import Outcome
-from cleanups.durable import activities
-from cleanups.durable.activities import execute_iteration, worker_id
-from cleanups.durable.connection import build_worker, engine_config, get_client
+from cleanups.durable import orchestrations
 from cleanups.durable.reconciler import Reconciler
 from cleanups.durable.registration import register
+from cleanups.engine.config import engine_config
+from cleanups.engine.connection import build_worker, get_client
 from cleanups.formatting import seconds_label
 from cleanups.models import CleanupRun, CleanupSchedule
+from cleanups.runs import worker as this_worker
+from cleanups.runs.execute import execute_iteration
+from cleanups.runs.worker import worker_id
 from tests.conftest import CountingEngine, is_live, runs_of, wait_for_clock, wait_until, waiting
 from tests.testapp import cleanup_tasks as testapp_tasks
 from tests.testapp.models import Event
@@ -62,7 +65,7 @@ def test_a_restart_never_brings_the_next_run_forward(any_engine, make_schedule):
     durable_client = get_client()
     interval = timedelta(seconds=4)
     schedule = make_schedule(interval=interval)
-    schedule.start()
+    control.start_schedule(schedule)
     first = wait_until(lambda: run_of(schedule, status="succeeded"))
     wait_until(lambda: waiting(durable_client, schedule))
 
@@ -86,7 +89,7 @@ def test_each_run_records_its_plan_and_the_run_page_shows_its_lateness(
     worker, durable_client, make_schedule, admin_client
 ):
     schedule = make_schedule(cadence="fixed_rate", interval=timedelta(seconds=1))
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: len(runs_of(schedule)) >= 3)
     assert control.run_now(schedule, "alice").outcome is Outcome.RUN_REQUESTED
     manual = wait_until(lambda: run_of(schedule, trigger="manual"))
@@ -109,7 +112,7 @@ def test_each_run_records_its_plan_and_the_run_page_shows_its_lateness(
 
 def test_a_run_now_that_comes_in_with_the_timer_is_not_lost(worker, durable_client, make_schedule):
     schedule = make_schedule(interval=timedelta(seconds=3))  # longer than the hand-over lead
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: run_of(schedule, status="succeeded") and waiting(durable_client, schedule))
     # Suspended, the orchestration holds what arrives: its timer firing, then the request. On
     # resuming it sees both at once, and the timer wins the race.
@@ -218,7 +221,7 @@ def test_an_orchestration_of_an_older_generation_never_runs(make_schedule):
 
 def test_a_restart_while_a_run_executes_waits_for_it(worker, make_schedule):
     schedule = make_schedule(params={"seconds": 1.5}, interval=timedelta(minutes=5))
-    schedule.start()
+    control.start_schedule(schedule)
     old = wait_until(lambda: run_of(schedule, status="running"))
 
     assert control.restart_schedule(schedule).outcome is Outcome.STARTED
@@ -231,7 +234,7 @@ def test_a_restart_while_a_run_executes_waits_for_it(worker, make_schedule):
 
 def test_starting_a_paused_schedule_resumes_it(worker, durable_client, make_schedule):
     schedule = make_schedule(interval=timedelta(seconds=1))
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: run_of(schedule, status="succeeded"))
     assert control.pause_schedule(schedule).outcome is Outcome.PAUSED
 
@@ -260,7 +263,7 @@ def test_the_reconciler_resumes_a_running_schedule_the_engine_left_suspended(
     # The SDK's in-memory engine drops a resume that arrives during a step: paused, then
     # resumed at once, the orchestration stayed suspended forever.
     schedule = make_schedule(interval=timedelta(seconds=1))
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: run_of(schedule, status="succeeded"))
     suspend_by_hand(durable_client, schedule)
     count = len(runs_of(schedule))
@@ -284,12 +287,17 @@ def test_a_run_past_its_limit_is_timed_out_keeps_its_counts_and_the_schedule_goe
         interval=timedelta(seconds=1),
         max_run_seconds=1,
     )
-    schedule.start()
+    control.start_schedule(schedule)
 
     timed_out = wait_until(lambda: run_of(schedule, status="timed_out"))
     assert 0 < timed_out.items_deleted < 200  # what it did delete is on the record
     assert "longer than its limit of 1 s" in timed_out.error
-    assert timedelta(seconds=0.9) <= timed_out.duration < timedelta(seconds=5)
+    # Timed out at its limit counted from its planned start (its time limit's timer never fires
+    # early), not before: its record began a moment after that start, so its own duration may
+    # be a little under the limit.
+    assert timed_out.planned_at is not None
+    assert timed_out.finished_at >= timed_out.planned_at + timedelta(seconds=1)
+    assert timed_out.duration < timedelta(seconds=5)
     wait_until(lambda: run_of(schedule, iteration=timed_out.iteration + 1))  # goes on
 
 
@@ -297,7 +305,7 @@ def test_the_late_result_of_an_abandoned_run_changes_nothing(worker, make_schedu
     schedule = make_schedule(
         task="sample", params={"seconds": 2}, interval=timedelta(seconds=30), max_run_seconds=1
     )
-    schedule.start()
+    control.start_schedule(schedule)
 
     timed_out = wait_until(lambda: run_of(schedule, status="timed_out"))
     # The abandoned call sleeps on, and finishes 2 s after it began.
@@ -313,7 +321,7 @@ def test_the_late_result_of_an_abandoned_run_changes_nothing(worker, make_schedu
 def test_no_limit_when_the_site_default_is_zero(worker, make_schedule, settings):
     settings.CLEANUP_MAX_RUN_SECONDS = 0
     schedule = make_schedule(params={"seconds": 0.2}, max_iterations=1)
-    schedule.start()
+    control.start_schedule(schedule)
     run = wait_until(lambda: run_of(schedule, status="succeeded"))
     assert run.duration >= timedelta(seconds=0.2)
 
@@ -329,7 +337,7 @@ def kill_a_worker_mid_run(engine_port, make_schedule, start_worker_process):
     doomed = start_worker_process(env=env)
     doomed.wait_for_output(READY)
     schedule = make_schedule(params={"seconds": 30}, interval=timedelta(seconds=1))
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: run_of(schedule, status="running"))
     doomed.stop(signal.SIGKILL)
     CleanupSchedule.objects.filter(pk=schedule.pk).update(params={"seconds": 0})
@@ -573,9 +581,9 @@ def test_a_pause_between_two_attempts_leaves_no_run_running_and_resume_goes_on(
 ):
     """Paused right after a failed attempt: the run waits for nothing while paused (not
     "running" for as long as the pause lasts); resumed, its retry reuses the record."""
-    monkeypatch.setattr(activities, "RETRY_FIRST_SECONDS", 3.0)  # the pause comes first
+    monkeypatch.setattr(orchestrations, "RETRY_FIRST_SECONDS", 3.0)  # the pause comes first
     schedule = make_schedule(params={"seconds": "x"}, max_retries=1, interval=timedelta(hours=1))
-    schedule.start()
+    control.start_schedule(schedule)
     waiting = wait_until(lambda: run_of(schedule, iteration=1, finished_at__isnull=False))
     assert waiting.status == "running"  # its first attempt failed; the retry comes in 1 s
 
@@ -598,7 +606,7 @@ def test_slots_missed_say_whether_the_worker_was_busy_or_down(
 ):
     """A worker that was up when the slots were due and ran them late was too busy: the run
     history says so, apart from slots missed while no worker was up."""
-    monkeypatch.setattr(activities, "_PROCESS_STARTED_AT", timezone.now() + worker_started)
+    monkeypatch.setattr(this_worker, "PROCESS_STARTED_AT", timezone.now() + worker_started)
     schedule = make_schedule(interval=timedelta(seconds=1), missed_runs="run_once")
     CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="running")
     planned = timezone.now() - timedelta(seconds=5)
@@ -615,9 +623,9 @@ def test_ending_an_orchestration_between_two_attempts_leaves_no_run_running(
     worker, durable_client, make_schedule, monkeypatch, action
 ):
     """The retry would have come from the orchestration that terminate or restart ends."""
-    monkeypatch.setattr(activities, "RETRY_FIRST_SECONDS", 3.0)  # the action comes first
+    monkeypatch.setattr(orchestrations, "RETRY_FIRST_SECONDS", 3.0)  # the action comes first
     schedule = make_schedule(params={"seconds": "x"}, max_retries=1, interval=timedelta(hours=1))
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: run_of(schedule, iteration=1, finished_at__isnull=False))
 
     {"terminate": control.terminate_schedule, "restart": control.restart_schedule}[action](schedule)
@@ -642,7 +650,7 @@ def test_a_running_schedule_its_engine_keeps_suspended_is_restarted(
     try:
         client = get_client()
         schedule = make_schedule(interval=timedelta(hours=1))
-        schedule.start()
+        control.start_schedule(schedule)
         wait_until(lambda: run_of(schedule, status="succeeded"))
         suspend_by_hand(client, schedule)
         reconciler = Reconciler(worker=worker_id(), interval=0.5)

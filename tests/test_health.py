@@ -17,11 +17,11 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from cleanups.durable.activities import worker_id
 from cleanups.durable.ops import open_ops_servers
 from cleanups.durable.reconciler import Reconciler
 from cleanups.health import WorkerLiveness, run_checks
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
+from cleanups.runs.worker import worker_id
 from tests.conftest import database_url, free_port, manage, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -22,10 +22,10 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from cleanups import metrics
-from cleanups.durable.activities import worker_id
+from cleanups import control, metrics
 from cleanups.durable.reconciler import Reconciler
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
+from cleanups.runs.worker import worker_id
 from tests.conftest import free_port, is_live, wait_until
 from tests.testapp.models import Event
 
@@ -275,7 +275,7 @@ def test_the_run_hooks_count_what_the_run_records_say(worker, make_schedule, set
         "cleanups_run_lateness_seconds_count", {"task": "testapp_events_of_kind"}
     )
     for schedule in (deleter, counter, failing, slow):
-        schedule.start()
+        control.start_schedule(schedule)
     # Each records its outcome (and counts it) before it plans the next run, or stops: the
     # last stop means every count is in.
     wait_until(

@@ -9,7 +9,8 @@ import pytest
 from durabletask import client as dt_client
 from durabletask import history as history_events
 
-from cleanups.control import ORCHESTRATION_NAME
+from cleanups import control
+from cleanups.contract import ORCHESTRATION_NAME
 from cleanups.models import CleanupRun, CleanupSchedule
 from tests.conftest import is_live, runs_of, timer_created, wait_until
 
@@ -19,7 +20,7 @@ COMPLETED = dt_client.OrchestrationStatus.COMPLETED
 
 def test_iterations_are_counted_by_run_records(worker, durable_client, make_schedule):
     schedule = make_schedule(interval=timedelta(seconds=0.3) + timedelta(seconds=0.7))
-    schedule.start()
+    control.start_schedule(schedule)
 
     wait_until(lambda: len(runs_of(schedule)) >= 3)
     runs = runs_of(schedule)
@@ -34,7 +35,7 @@ def test_iterations_are_counted_by_run_records(worker, durable_client, make_sche
 
 def test_continue_as_new_resets_history(worker, durable_client, make_schedule):
     schedule = make_schedule()
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: len(runs_of(schedule)) >= 4)
 
     history = durable_client.get_orchestration_history(schedule.instance_id)
@@ -45,7 +46,7 @@ def test_continue_as_new_resets_history(worker, durable_client, make_schedule):
 
 def test_stops_after_max_iterations(worker, durable_client, make_schedule):
     schedule = make_schedule(max_iterations=3)
-    schedule.start()
+    control.start_schedule(schedule)
 
     state = durable_client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
     assert state.runtime_status == COMPLETED
@@ -58,10 +59,10 @@ def test_stops_after_max_iterations(worker, durable_client, make_schedule):
 
 def test_a_new_start_continues_the_iteration_count(worker, durable_client, make_schedule):
     schedule = make_schedule(max_iterations=2)
-    schedule.start()
+    control.start_schedule(schedule)
     durable_client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
 
-    outcome = schedule.start()
+    outcome = control.start_schedule(schedule)
     assert outcome.outcome.value == "started"
     state = durable_client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
     assert state.get_output()["iterations"] == 4
@@ -70,7 +71,7 @@ def test_a_new_start_continues_the_iteration_count(worker, durable_client, make_
 
 def test_interval_edit_applies_from_the_next_iteration(worker, make_schedule):
     schedule = make_schedule(interval=timedelta(seconds=1))
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: len(runs_of(schedule)) >= 1)
     CleanupSchedule.objects.filter(pk=schedule.pk).update(interval=timedelta(seconds=3))
 
@@ -83,7 +84,7 @@ def test_interval_edit_applies_from_the_next_iteration(worker, make_schedule):
 
 def test_a_failing_task_is_a_failed_run_and_the_loop_goes_on(worker, durable_client, make_schedule):
     schedule = make_schedule(task="sample", params={"seconds": "not a number"}, max_iterations=2)
-    schedule.start()
+    control.start_schedule(schedule)
 
     state = durable_client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
     assert state.runtime_status == COMPLETED

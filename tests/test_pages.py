@@ -126,7 +126,7 @@ def test_an_export_with_a_bad_filter_says_so_instead_of_exporting_everything(
 
 def test_long_histories_count_only_up_to_a_cap(admin_client, make_schedule, monkeypatch):
     # The cap is 10,000 in use; a smaller one here keeps the test quick, same code path.
-    monkeypatch.setattr("cleanups.views.COUNT_CAP", 100)
+    monkeypatch.setattr("cleanups.views.runs.COUNT_CAP", 100)
     schedule = make_schedule()
     add_runs(schedule, 30, days_ago=10)  # iterations 1-30
     add_runs(schedule, 100)  # 31-130

@@ -12,8 +12,9 @@ from django.utils import timezone
 from durabletask import client as dt_client
 
 from cleanups import control
-from cleanups.control import ORCHESTRATION_NAME, fetch_runtime_states
+from cleanups.contract import ORCHESTRATION_NAME
 from cleanups.durable.reconciler import Reconciler
+from cleanups.instances import fetch_runtime_states
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
 from tests.conftest import is_live, runs_of, timer_created, wait_for_clock, wait_until, waiting
 
@@ -87,7 +88,7 @@ def test_a_stopped_schedule_with_a_live_orchestration_is_terminated(
     worker, durable_client, make_schedule, reconciler
 ):
     schedule = make_schedule(interval=timedelta(seconds=30))
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: runs_of(schedule))
     CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="stopped")
 
@@ -222,7 +223,7 @@ def test_the_watchdog_trusts_only_the_stall_it_saw_itself(
     grace = timedelta(seconds=1)
     settings.STUCK_RUN_GRACE_SECONDS = grace.total_seconds()
     schedule = make_schedule(interval=timedelta(seconds=60))
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: waiting(durable_client, schedule))
     # The database says its run is overdue; the engine has it waiting, untouched.
     CleanupSchedule.objects.filter(pk=schedule.pk).update(
@@ -276,14 +277,14 @@ def test_the_watchdog_restarts_a_few_a_pass_and_never_one_an_operator_acted_on_m
     """Hundreds looking stuck at once is more often a backlog than lost steps: a pass restarts
     a few, and each only if nothing changed since the pass read it (a pass over many takes a
     while, and an operator's pause in between wins)."""
-    from cleanups.durable import reconciler as module
+    from cleanups.durable import watchdog
 
-    monkeypatch.setattr(module, "STUCK_RESTARTS_PER_PASS", 1)
+    monkeypatch.setattr(watchdog, "STUCK_RESTARTS_PER_PASS", 1)
     grace = timedelta(seconds=1)
     settings.STUCK_RUN_GRACE_SECONDS = grace.total_seconds()
     schedules = [make_schedule(interval=timedelta(seconds=60)) for _ in range(4)]
     for schedule in schedules:
-        schedule.start()
+        control.start_schedule(schedule)
     for schedule in schedules:
         wait_until(lambda s=schedule: waiting(durable_client, s))
     CleanupSchedule.objects.update(next_run_at=timezone.now() - timedelta(seconds=5))
@@ -312,9 +313,9 @@ def test_the_watchdog_restarts_a_few_a_pass_and_never_one_an_operator_acted_on_m
     paused = others[0]
     paused.refresh_from_db()
     assert control.pause_schedule(paused).outcome is control.Outcome.PAUSED
-    assert not module._still_due(paused, states[paused.instance_id])
+    assert not watchdog.still_due(paused, states[paused.instance_id])
     other = CleanupSchedule.objects.get(pk=others[1].pk)
-    assert module._still_due(other, states[other.instance_id])
+    assert watchdog.still_due(other, states[other.instance_id])
 
 
 def _reason(schedule: CleanupSchedule) -> str:

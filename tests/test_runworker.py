@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from django.db import OperationalError, transaction
 
+from cleanups import control
 from cleanups.control import Outcome
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
 from tests.conftest import runs_of, wait_for_clock, wait_until
@@ -53,7 +54,7 @@ def test_startup_output_runs_and_sigterm_stops_cleanly(
     assert f"Embedded engine listening on 127.0.0.1:{engine_port}" in worker.output
 
     schedule = make_schedule(interval=timedelta(seconds=1))
-    outcome = schedule.start()  # the test's client talks to the subprocess's engine
+    outcome = control.start_schedule(schedule)  # the test's client talks to the subprocess's engine
     assert outcome.outcome in (Outcome.STARTED, Outcome.ALREADY_RUNNING), outcome.message
 
     wait_until(lambda: len(succeeded(schedule)) >= 2, timeout=15)
@@ -82,7 +83,7 @@ def test_sigterm_stops_within_its_limit_even_mid_run(start_worker_process, make_
     worker = start_worker_process(env={"WORKER_STOP_SECONDS": "1"})
     worker.wait_for_output(READY)
     schedule = make_schedule(params={"seconds": 60})
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: CleanupRun.objects.running().filter(schedule=schedule).exists())
 
     began = time.monotonic()
@@ -129,7 +130,7 @@ def test_killed_worker_run_is_interrupted_and_schedule_continues(
     schedule = make_schedule(task="sample", params={"seconds": 3}, interval=timedelta(seconds=1))
     first = start_worker_process()
     first.wait_for_output(READY)
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(
         lambda: CleanupRun.objects.filter(
             schedule=schedule, iteration=1, status=CleanupRun.Status.RUNNING
@@ -300,7 +301,7 @@ def test_missed_runs_after_the_worker_was_down(start_worker_process, make_schedu
     env = {"MISSED_RUN_GRACE_SECONDS": "0.4"}
     worker = start_worker_process(env=env)
     worker.wait_for_output(READY)
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: len(succeeded(schedule)) >= 1)
     assert worker.stop(signal.SIGTERM) == 0
     down_since = len(runs_of(schedule))

@@ -47,7 +47,7 @@ def test_fixed_rate_stays_on_the_grid_and_never_overlaps(worker, make_schedule):
         params={"seconds": 1.3},  # longer than its one-second share
         missed_runs="skip",
     )
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: len(executed(schedule)) >= 3, timeout=20)
     schedule.refresh_from_db()
 
@@ -64,7 +64,7 @@ def test_fixed_rate_stays_on_the_grid_and_never_overlaps(worker, make_schedule):
 
 def test_fixed_delay_drifts_by_the_time_the_cleanup_takes(worker, make_schedule):
     schedule = make_schedule(interval=timedelta(seconds=1), params={"seconds": 0.5})
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: len(executed(schedule)) >= 3, timeout=20)
     first, second, third = executed(schedule)[:3]
     for earlier, later in ((first, second), (second, third)):
@@ -76,7 +76,7 @@ def test_run_now_runs_once_and_keeps_the_next_scheduled_run(
     admin_client, worker, durable_client, make_schedule
 ):
     schedule = make_schedule(cadence="fixed_rate", interval=timedelta(seconds=4))
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: executed(schedule) and waiting(durable_client, schedule))
     schedule.refresh_from_db()
     planned = schedule.next_run_at
@@ -104,7 +104,7 @@ def test_pause_and_resume_apply_the_missed_run_policy(
     admin_client, worker, durable_client, make_schedule
 ):
     schedule = make_schedule(interval=timedelta(seconds=1), missed_runs="run_once")
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: executed(schedule) and waiting(durable_client, schedule))
 
     assert post_action(admin_client, "pause_schedules", schedule).status_code == 302
@@ -137,7 +137,7 @@ def test_restart_starts_a_fresh_orchestration_and_counts_on(
     admin_client, worker, durable_client, make_schedule
 ):
     schedule = make_schedule(interval=timedelta(seconds=30))
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: executed(schedule) and waiting(durable_client, schedule))
     created = durable_client.get_orchestration_state(schedule.instance_id).created_at
 
@@ -160,7 +160,7 @@ def test_consecutive_failures_pause_the_schedule_and_send_one_email(
         pause_after_failures=3,
         notify_email="ops@example.com",
     )
-    schedule.start()
+    control.start_schedule(schedule)
     state = durable_client.wait_for_orchestration_completion(schedule.instance_id, timeout=30)
 
     assert state.get_output()["reason"] == "Paused after 3 failed runs in a row."
@@ -177,7 +177,7 @@ def test_a_failing_cleanup_is_retried_before_it_counts_as_failed(worker, make_sc
     schedule = make_schedule(
         task="testapp_flaky", params={"failures": 2}, max_retries=2, max_iterations=1
     )
-    schedule.start()
+    control.start_schedule(schedule)
     run = wait_until(
         lambda: CleanupRun.objects.filter(schedule=schedule, status="succeeded").first(), timeout=20
     )
@@ -188,7 +188,7 @@ def test_a_failing_cleanup_is_retried_before_it_counts_as_failed(worker, make_sc
 
 def test_runs_record_their_trigger_and_configuration(worker, make_schedule):
     schedule = make_schedule(max_iterations=1, params={"seconds": 0})
-    schedule.start()
+    control.start_schedule(schedule)
     run = wait_until(
         lambda: CleanupRun.objects.filter(schedule=schedule, status="succeeded").first()
     )
@@ -204,7 +204,7 @@ def test_a_schedule_past_its_end_completes(worker, durable_client, make_schedule
     schedule = make_schedule(
         interval=timedelta(seconds=1), end_at=timezone.now() + timedelta(seconds=2.5)
     )
-    schedule.start()
+    control.start_schedule(schedule)
     state = durable_client.wait_for_orchestration_completion(schedule.instance_id, timeout=20)
     assert state.get_output()["reason"] == "end_at reached"
     schedule.refresh_from_db()

@@ -13,8 +13,9 @@ from django.contrib.sessions.models import Session
 from django.urls import reverse
 from django.utils import timezone
 
-from cleanups.durable.activities import execute_iteration
+from cleanups import control
 from cleanups.models import CleanupRun, CleanupSchedule
+from cleanups.runs.execute import execute_iteration
 from tests.conftest import form_data, runs_of, wait_until
 from tests.testapp.models import Child, Event, Parent
 
@@ -267,7 +268,7 @@ def test_revoked_rights_stop_the_editors_schedule_through_the_worker(
 ):
     user = staff(django_user_model, "events", *SCHEDULE_PERMISSIONS, "delete_event")
     schedule = saved_by(client, user)
-    schedule.start()
+    control.start_schedule(schedule)
     old_events(3)
     wait_until(lambda: not Event.objects.exists())  # entitled: its runs delete
     first = len(runs_of(schedule))

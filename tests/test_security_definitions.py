@@ -11,6 +11,7 @@ from django.contrib import messages
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
+from cleanups import control
 from cleanups.durable.reconciler import Reconciler
 from cleanups.models import CleanupSchedule
 from tests.conftest import form_data, is_live, runs_of, wait_until
@@ -199,7 +200,7 @@ def test_worker_records_the_run_and_stops_a_schedule_whose_cron_stopped_firing(
     worker, durable_client, make_schedule
 ):
     schedule = make_schedule(interval=timedelta(seconds=1))
-    schedule.start()
+    control.start_schedule(schedule)
     wait_until(lambda: any(r.status == "succeeded" for r in runs_of(schedule)))
     # Edited behind validation's back while it runs (or a cron library that changed its mind).
     CleanupSchedule.objects.filter(pk=schedule.pk).update(cadence="cron", cron=NEVER_FIRES)

@@ -156,7 +156,7 @@ def test_the_run_record_is_never_more_than_one_unfinished_batch_behind(allowed, 
 
 
 def test_a_small_batch_reports_after_every_file(allowed, run, monkeypatch):
-    monkeypatch.setattr(cleanup_tasks, "FILES_PER_BATCH", 1)
+    monkeypatch.setattr(cleanup_tasks.files, "FILES_PER_BATCH", 1)
     files = [_old_file(allowed / f"{n}.log") for n in range(3)]
 
     ctx = ComparesRecordWithDisk(_params(allowed), run=run, files=files)

@@ -12,11 +12,12 @@ from typing import Any
 
 from durabletask import task
 
+from cleanups.contract import RUN_NOW_EVENT
 from cleanups.durable import activities
 
 SAMPLE_LAST_ITERATION = 5  # the sample's loop: five iterations, then complete
-RUN_NOW_EVENT = "run_now"
 DEFERRED_SECONDS = 1.0  # a run deferred by a pause is planned again this long after the resume
+RETRY_FIRST_SECONDS = 1.0  # a failed cleanup's first retry comes this long after; then doubling
 
 
 def periodic_cleanup(ctx: task.OrchestrationContext, input: Any) -> Any:
@@ -155,7 +156,7 @@ def _retry_policy(max_retries: int) -> task.RetryPolicy | None:
     if not max_retries:
         return None
     return task.RetryPolicy(
-        first_retry_interval=timedelta(seconds=activities.RETRY_FIRST_SECONDS),
+        first_retry_interval=timedelta(seconds=RETRY_FIRST_SECONDS),
         max_number_of_attempts=max_retries + 1,
         backoff_coefficient=2.0,
         max_retry_interval=timedelta(minutes=5),

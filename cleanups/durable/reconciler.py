@@ -11,38 +11,25 @@ import os
 import socket
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.db import DatabaseError, connections
-from django.db.models import F, QuerySet
+from django.db.models import F
 from django.utils import timezone
-from durabletask.client import OrchestrationState
 
-from cleanups import alerts, metrics
+from cleanups import instances, metrics
 from cleanups.conf import settings
-from cleanups.control import (
-    LIVE_STATUSES,
-    EngineUnavailable,
-    Status,
-    end_orchestration,
-    engine_call,
-    fetch_runtime_states,
-    start_orchestration,
-    stop_for_its_cadence,
-)
-from cleanups.durable.connection import get_client
+from cleanups.control import start_orchestration, stop_for_its_cadence
+from cleanups.durable.watchdog import Watchdog, mark_interrupted, newest_run, restart
+from cleanups.instances import EngineUnavailable, Status, fetch_runtime_states, is_live
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
 
 logger = logging.getLogger("cleanups.reconciler")
 # Heartbeats of workers gone this long are forgotten (their runs count as dead either way).
 HEARTBEAT_KEPT = timedelta(days=1)
-# The watchdog restarts at most this many schedules a pass: a worker lost with its steps
-# strands a few, a backlog (a herd on a busy machine) makes hundreds look stuck at once, and
-# restarting those would only add to it. The rest wait for the next pass, checked afresh.
-STUCK_RESTARTS_PER_PASS = 20
 
 
-class Reconciler:
+class Reconciler(Watchdog):
     def __init__(
         self, worker: str, interval: float, stopping: threading.Event | None = None
     ) -> None:
@@ -123,7 +110,7 @@ class Reconciler:
             if self.stopping.is_set():
                 return
             state = states.get(schedule.instance_id)
-            if state is not None and state.runtime_status in LIVE_STATUSES:
+            if is_live(state):
                 self._agree_on_suspension(schedule, state)
                 continue
             if schedule.desired_state != CleanupSchedule.DesiredState.RUNNING:
@@ -151,7 +138,7 @@ class Reconciler:
             if failed and not self._due_for_recovery(schedule, state):
                 continue
             why = "missing" if state is None else str(state.runtime_status).lower()
-            if not self._ready_to_restart(schedule):
+            if not self._ready_torestart(schedule):
                 continue
             try:
                 outcome = start_orchestration(schedule)
@@ -168,17 +155,15 @@ class Reconciler:
         for instance_id, state in states.items():
             if self.stopping.is_set():
                 return
-            if state.runtime_status in LIVE_STATUSES and instance_id not in wanted_alive:
+            if is_live(state) and instance_id not in wanted_alive:
                 logger.info("reconciler: terminating %s (schedule stopped or deleted)", instance_id)
                 try:
-                    get_client().terminate_orchestration(
-                        instance_id, output="schedule stopped", recursive=False
-                    )
+                    instances.terminate_instance(instance_id, "schedule stopped")
                     metrics.reconciler_action("terminated")
                 except Exception as error:  # keep reconciling the rest
                     logger.warning("reconciler: could not terminate %s: %s", instance_id, error)
 
-    def _agree_on_suspension(self, schedule: CleanupSchedule, state: OrchestrationState) -> None:
+    def _agree_on_suspension(self, schedule: CleanupSchedule, state: instances.State) -> None:
         """Paused means suspended and running means not: an engine can lose a suspend or a
         resume (the SDK's in-memory one drops a resume that comes during a step)."""
         paused = schedule.desired_state == CleanupSchedule.DesiredState.PAUSED
@@ -195,11 +180,10 @@ class Reconciler:
         if not paused and self._resume_is_lost(schedule):
             return
         try:
-            client = get_client()
             if paused:
-                client.suspend_orchestration(schedule.instance_id, reason="schedule paused")
+                instances.suspend(schedule, "schedule paused")
             else:
-                client.resume_orchestration(schedule.instance_id, reason="schedule running")
+                instances.resume(schedule, "schedule running")
         except Exception as error:  # the next pass tries again
             logger.warning(
                 "reconciler: could not %s %s: %s",
@@ -219,7 +203,7 @@ class Reconciler:
         if time.monotonic() - first < settings.STUCK_RUN_GRACE_SECONDS:
             return False
         del self._resuming_since[schedule.instance_id]
-        if not _restart(schedule, "its resume was lost"):
+        if not restart(schedule, "its resume was lost"):
             return True
         CleanupSchedule.objects.filter(pk=schedule.pk).update(
             status_reason="Restarted: the engine kept it suspended although it was resumed."
@@ -227,7 +211,7 @@ class Reconciler:
         logger.warning("reconciler: schedule %s restarted: its resume was lost", schedule)
         return True
 
-    def _ready_to_restart(self, schedule: CleanupSchedule) -> bool:
+    def _ready_torestart(self, schedule: CleanupSchedule) -> bool:
         """Before a new orchestration: a run still executing on a live worker finishes first
         (and plans the next run); runs nobody executes any more (between parts, waiting for a
         retry that their lost orchestration would have sent) are interrupted. (The plan of an
@@ -244,7 +228,7 @@ class Reconciler:
         # row is that run's own. Wait for the new plan (a few seconds at most), unless the
         # run's worker died in between: then nobody will write it.
         schedule.refresh_from_db()
-        newest = _newest_run(schedule)
+        newest = newest_run(schedule)
         planning = (
             newest is not None
             and newest.status != CleanupRun.Status.INTERRUPTED
@@ -268,74 +252,7 @@ class Reconciler:
         }
         return running, [r for r in running if not self._worker_is_dead(r.worker, heartbeats)]
 
-    def restart_stuck(self, states: dict[str, OrchestrationState]) -> int:
-        """The watchdog: a live orchestration that is overdue by STUCK_RUN_GRACE_SECONDS, that
-        the engine has not touched for as long, and whose schedule has no run executing on a
-        live worker, waits for something nobody will send (its run's worker died, a step was
-        lost with a worker). It is restarted, its count going on, and its overdue run follows
-        the missed-run policy. (An engine that redelivers does so first.)
-
-        "Untouched for as long" is what this reconciler saw itself, pass after pass with the
-        engine answering: an engine frozen, restarting or busy with a backlog leaves every
-        instance untouched for a while, and that is not stuck."""
-        grace = timedelta(seconds=settings.STUCK_RUN_GRACE_SECONDS)
-        cutoff = timezone.now() - grace
-        overdue = CleanupSchedule.objects.should_run().filter(next_run_at__lt=cutoff)
-        restarted = held_back = 0
-        observed: dict[str, tuple[datetime, float]] = {}
-        for schedule in overdue:
-            if self.stopping.is_set():
-                break
-            state = states.get(schedule.instance_id)
-            if (
-                state is None
-                or state.runtime_status not in (Status.RUNNING, Status.PENDING)
-                or state.last_updated_at.replace(tzinfo=UTC) > cutoff
-            ):
-                continue
-            seen = self._unchanged_since.get(schedule.instance_id)
-            if seen is None or seen[0] != state.last_updated_at:
-                seen = (state.last_updated_at, time.monotonic())
-            observed[schedule.instance_id] = seen
-            if time.monotonic() - seen[1] < grace.total_seconds():
-                continue
-            if self._running_runs(schedule)[1]:
-                continue  # executing, between parts or waiting for a retry: not stuck
-            if restarted >= STUCK_RESTARTS_PER_PASS:
-                held_back += 1
-                continue
-            if not _still_due(schedule, states.get(schedule.instance_id)):
-                continue
-            newest = _newest_run(schedule)
-            if newest is not None and newest.status == CleanupRun.Status.INTERRUPTED:
-                reason = (
-                    f"Restarted: run {newest.iteration} was interrupted (its worker stopped) and "
-                    f"not redelivered within {grace.total_seconds():g} s."
-                )
-            else:
-                reason = (
-                    f"Restarted: its orchestration made no progress for {grace.total_seconds():g} "
-                    "s past the planned run (a step lost with a worker)."
-                )
-            CleanupSchedule.objects.filter(pk=schedule.pk).update(status_reason=reason)
-            if not _restart(schedule, "its run was lost"):
-                continue
-            logger.warning("reconciler: schedule %s: %s", schedule, reason)
-            lost = newest if newest and newest.status == CleanupRun.Status.INTERRUPTED else None
-            alerts.send(alerts.STUCK, schedule, lost, error=reason)
-            observed.pop(schedule.instance_id, None)
-            restarted += 1
-        self._unchanged_since = observed
-        if held_back:
-            logger.warning(
-                "reconciler: %d more schedules look stuck; restarting at most %d a pass (so many "
-                "at once is more often a backlog than lost steps, and it may clear itself)",
-                held_back,
-                STUCK_RESTARTS_PER_PASS,
-            )
-        return restarted
-
-    def _due_for_recovery(self, schedule: CleanupSchedule, state: OrchestrationState) -> bool:
+    def _due_for_recovery(self, schedule: CleanupSchedule, state: instances.State) -> bool:
         """A failed orchestration (a bug, a lost activity: not a failed cleanup) is recorded
         and started again after 5 s, 10 s, 20 s ... (capped), while the admin says recovering."""
         now = timezone.now()
@@ -362,55 +279,3 @@ class Reconciler:
             logger.warning("reconciler: could not record shutdown: %s", error)
         finally:
             connections.close_all()
-
-
-def _newest_run(schedule: CleanupSchedule) -> CleanupRun | None:
-    return schedule.runs.exclude(status=CleanupRun.Status.SKIPPED).order_by("-iteration").first()
-
-
-def mark_interrupted(
-    runs: QuerySet[CleanupRun],
-    error: str = "The worker running this iteration stopped before it finished.",
-) -> int:
-    now = timezone.now()
-    count = runs.update(status=CleanupRun.Status.INTERRUPTED, finished_at=now, error=error)
-    if count:
-        logger.warning("reconciler: marked %d run(s) of dead workers interrupted", count)
-    metrics.reconciler_action("interrupted", count)
-    return count
-
-
-def _still_due(schedule: CleanupSchedule, seen: OrchestrationState | None) -> bool:
-    """Just before the watchdog restarts it: the schedule is still meant to run, in the same
-    generation (no operator action since this pass read it: a pass may take a while), and the
-    engine still has its orchestration where the pass saw it (no progress since)."""
-    if not (
-        CleanupSchedule.objects.should_run()
-        .filter(pk=schedule.pk, generation=schedule.generation)
-        .exists()
-    ):
-        return False
-    try:
-        with engine_call():
-            now = get_client().get_orchestration_state(schedule.instance_id, fetch_payloads=False)
-    except EngineUnavailable:
-        return False
-    return (
-        now is not None
-        and seen is not None
-        and now.runtime_status == seen.runtime_status
-        and now.last_updated_at == seen.last_updated_at
-    )
-
-
-def _restart(schedule: CleanupSchedule, why: str) -> bool:
-    """End the schedule's orchestration and start it again, its count going on; False (and a
-    warning) if the engine would not: the next pass tries again."""
-    try:
-        end_orchestration(get_client(), schedule, why, timeout=10)
-        start_orchestration(schedule)
-    except Exception as error:
-        logger.warning("reconciler: could not restart %s: %s", schedule, error)
-        return False
-    metrics.reconciler_action("restarted")
-    return True

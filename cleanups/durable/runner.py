@@ -11,17 +11,12 @@ from types import FrameType
 from durabletask import worker as dt_worker
 
 from cleanups.conf import settings
-from cleanups.durable import activities
-from cleanups.durable.activities import worker_id
-from cleanups.durable.connection import (
-    EmbeddedEngine,
-    EngineConfig,
-    EngineMode,
-    build_embedded_engine,
-    build_worker,
-)
 from cleanups.durable.reconciler import Reconciler
 from cleanups.durable.registration import ACTIVITIES, ORCHESTRATORS, register
+from cleanups.engine.config import EngineConfig, EngineMode
+from cleanups.engine.connection import build_embedded_engine, build_worker
+from cleanups.engine.embedded import EmbeddedEngine
+from cleanups.runs import worker as this_worker
 
 logger = logging.getLogger("cleanups.worker")
 
@@ -40,7 +35,7 @@ class WorkerHost:
         self.concurrency = concurrency
         self.write = write
         self.stopping = threading.Event()
-        self.reconciler = Reconciler(worker_id(), reconcile_interval, self.stopping)
+        self.reconciler = Reconciler(this_worker.worker_id(), reconcile_interval, self.stopping)
         self.engine: EmbeddedEngine | None = None
         self.worker: dt_worker.TaskHubGrpcWorker | None = None
         self.left_work = False  # shut down without waiting for every work item (too long)
@@ -48,7 +43,7 @@ class WorkerHost:
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.write(f"Received {signal.Signals(signum).name}, stopping...")
         self.stopping.set()
-        activities.STOPPING.set()
+        this_worker.STOPPING.set()
 
     def run(self) -> None:
         signal.signal(signal.SIGINT, self.request_stop)
@@ -76,7 +71,7 @@ class WorkerHost:
             self.shutdown()
 
     def shutdown(self) -> None:
-        activities.STOPPING.set()
+        this_worker.STOPPING.set()
         if self.worker is not None:
             # The SDK waits for every work item it holds, for ever; a run's cleanup may take
             # long. Past the limit, what is left is marked interrupted and delivered again.

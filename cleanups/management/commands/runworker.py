@@ -11,10 +11,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection
 from durabletask.worker import ConcurrencyOptions
 
-from cleanups.durable.connection import EngineConfigError, EngineStartError, engine_config
+from cleanups import declared
+from cleanups.conf import settings
 from cleanups.durable.ops import open_ops_servers, port_number
 from cleanups.durable.runner import WorkerHost
+from cleanups.engine.config import EngineConfigError, engine_config
+from cleanups.engine.embedded import EngineStartError
 from cleanups.management.arguments import positive_float, positive_int
+from cleanups.management.declarations import refuse_if_invalid
 from cleanups.models import CleanupSchedule
 from cleanups.registry import all_tasks
 
@@ -95,8 +99,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from cleanups.conf import settings
-
         if options["list_tasks"]:
             for task in all_tasks():
                 self.stdout.write(f"{task.name}\n    {task.description}")
@@ -151,9 +153,6 @@ class Command(BaseCommand):
     def _sync(self) -> None:
         """syncschedules before the engine is up: the desired states it writes are what this
         worker's reconciler makes the engine agree with on its first pass."""
-        from cleanups import declared
-        from cleanups.management.commands.syncschedules import refuse_if_invalid
-
         self.stdout.write("Syncing the schedules declared in code...")
         try:
             result = declared.sync()

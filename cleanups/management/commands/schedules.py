@@ -10,37 +10,26 @@ from __future__ import annotations
 
 import getpass
 import json
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection
 from django.db.models import QuerySet
-from django.utils import timezone
 
 from cleanups import control
-from cleanups.admin import ONE_BY_ONE
-from cleanups.control import (
-    BulkOutcome,
-    ControlOutcome,
-    EngineUnavailable,
-    Outcome,
-    engine_call,
-    fetch_runtime_states,
-    runtime_status_label,
-)
-from cleanups.durable.connection import get_client
-from cleanups.formatting import human_duration, seconds_label
+from cleanups.control import Action, BulkOutcome, Outcome
+from cleanups.formatting import seconds_label
+from cleanups.instances import EngineUnavailable, fetch_runtime_states
+from cleanups.management import showing
 from cleanups.management.arguments import positive_int
+from cleanups.management.showing import UNREACHABLE
 from cleanups.models import CleanupRun, CleanupSchedule
 from cleanups.registry import all_tasks
 
 EXIT_DONE = 0
 EXIT_REFUSED = 1
 EXIT_ENGINE_UNREACHABLE = 2
-UNREACHABLE = "unreachable"
 SHOWN_RUNS = 10
 
 # The schedule is as the action asked, whether this call changed it or found it so already.
@@ -84,51 +73,6 @@ class OneLineErrorParser(CommandParser):
 
 def _one_line(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
-
-
-@dataclass(frozen=True)
-class Action:
-    """One control action: for one schedule, and for many at once (as the admin's)."""
-
-    help: str
-    one: Callable[[CleanupSchedule], ControlOutcome]
-    many: Callable[[QuerySet[CleanupSchedule]], BulkOutcome]
-
-
-def actions(user: str) -> dict[str, Action]:
-    """The control actions by subcommand; ``user`` is who asked for a run-now."""
-    return {
-        "start": Action(
-            "Start schedules afresh (a paused one resumes).",
-            control.start_schedule,
-            control.start_schedules,
-        ),
-        "pause": Action(
-            "Pause schedules: each keeps its place.",
-            control.pause_schedule,
-            control.pause_schedules,
-        ),
-        "resume": Action(
-            "Resume paused schedules (missed slots follow each one's policy).",
-            control.resume_schedule,
-            control.resume_schedules,
-        ),
-        "run-now": Action(
-            "Run running schedules once now, without moving their next run.",
-            lambda schedule: control.run_now(schedule, user),
-            lambda queryset: control.run_schedules_now(queryset, user),
-        ),
-        "restart": Action(
-            "Terminate and start afresh (new history, the count going on).",
-            control.restart_schedule,
-            control.restart_schedules,
-        ),
-        "terminate": Action(
-            "Stop schedules and end their orchestrations.",
-            control.terminate_schedule,
-            control.terminate_schedules,
-        ),
-    }
 
 
 def who_asks() -> str:
@@ -178,7 +122,7 @@ class Command(BaseCommand):
         )
         runs.add_argument("--json", action="store_true", help="A JSON array of objects.")
 
-        for name, action in actions("").items():
+        for name, action in control.actions().items():
             sub = commands.add_parser(name, help=action.help, description=action.help)
             which = sub.add_mutually_exclusive_group(required=True)
             # default=[]: argparse counts an empty list other than the default as given.
@@ -202,19 +146,22 @@ class Command(BaseCommand):
             self.list_runs(list(runs[: options["limit"]]), as_json=options["json"])
         else:
             selected = _selection(options["names"], options["all"], options["task"])
-            self.act(command, actions(who_asks())[command], selected)
+            self.act(command, control.actions(who_asks())[command], selected)
 
     # --- actions ---------------------------------------------------------------------------
 
     def act(self, name: str, action: Action, queryset: QuerySet[CleanupSchedule]) -> None:
         """A few schedules: each one's outcome. Many: one statement and one message, the engine
         calls on the bulk pool, waited for here so the command ends when they are made."""
-        if queryset.count() <= ONE_BY_ONE:
-            outcomes = [self._one(action, schedule) for schedule in queryset]
+        done = control.act(action, queryset)
+        if done.bulk is None:
+            outcomes = [outcome.outcome for outcome in done.outcomes]
+            for outcome in done.outcomes:
+                self.stdout.write(self._styled(outcome.outcome, outcome.message))
             if not outcomes:
                 self.stdout.write("Nothing to do.")
         else:
-            outcomes = self._bulk(name, action, queryset)
+            outcomes = self._bulk(name, done.bulk, queryset)
         status = exit_status(name, outcomes)
         if status == EXIT_ENGINE_UNREACHABLE:
             raise CommandError(
@@ -227,20 +174,9 @@ class Command(BaseCommand):
                 f"{name}: not every schedule is as asked (see above).", returncode=status
             )
 
-    def _one(self, action: Action, schedule: CleanupSchedule) -> Outcome:
-        try:
-            done = action.one(schedule)
-        except EngineUnavailable:
-            self.stdout.write(self.style.WARNING(f"“{schedule}”: engine unreachable."))
-            return Outcome.ENGINE_UNREACHABLE
-        self.stdout.write(self._styled(done.outcome, done.message))
-        return done.outcome
-
     def _bulk(
-        self, name: str, action: Action, queryset: QuerySet[CleanupSchedule]
+        self, name: str, done: BulkOutcome, queryset: QuerySet[CleanupSchedule]
     ) -> list[Outcome]:
-        probe = queryset.first()
-        done = action.many(queryset)
         self.stdout.write(
             self.style.WARNING(done.message) if done.refused else self.style.SUCCESS(done.message)
         )
@@ -251,7 +187,8 @@ class Command(BaseCommand):
             outcomes.append(Outcome.ALREADY_RUNNING if name == "start" else Outcome.NOT_RUNNING)
         control.wait_for_bulk_engine_calls()
         # The pool leaves the rest to the reconciler when the engine is away: ask it here.
-        if done.changed and probe is not None and _engine_state(probe) == UNREACHABLE:
+        probe = queryset.first()
+        if done.changed and probe is not None and showing.engine_state(probe) == UNREACHABLE:
             outcomes.append(Outcome.ENGINE_UNREACHABLE)
         return outcomes
 
@@ -270,7 +207,7 @@ class Command(BaseCommand):
             states = fetch_runtime_states(s.instance_id for s in schedules)
         except EngineUnavailable:
             states = None
-        rows = [_listed(s, _engine_label(s, states)) for s in schedules]
+        rows = [showing.listed(s, showing.engine_label(s, states)) for s in schedules]
         if as_json:
             self.stdout.write(json.dumps(rows, indent=2))
         else:
@@ -280,11 +217,11 @@ class Command(BaseCommand):
                     [
                         row["name"],
                         row["task"] + (" (dry run)" if row["dry_run"] else ""),
-                        _cadence(schedule),
+                        showing.cadence(schedule),
                         row["desired_state"],
                         row["engine_state"],
-                        _last_run(schedule),
-                        _next_run(schedule),
+                        showing.last_run(schedule),
+                        showing.next_run(schedule),
                     ]
                     for row, schedule in zip(rows, schedules, strict=True)
                 ],
@@ -293,16 +230,19 @@ class Command(BaseCommand):
             raise _unreachable_while_reading()
 
     def show(self, schedule: CleanupSchedule, *, as_json: bool) -> None:
-        engine_state = _engine_state(schedule)
+        engine_state = showing.engine_state(schedule)
         runs = list(schedule.runs.order_by("-iteration")[:SHOWN_RUNS])
-        shown = {**_configuration(schedule, engine_state), "runs": [_run(r) for r in runs]}
+        shown = {
+            **showing.configuration(schedule, engine_state),
+            "runs": [showing.run(r) for r in runs],
+        }
         if as_json:
             self.stdout.write(json.dumps(shown, indent=2))
         else:
             fields = {key: value for key, value in shown.items() if key != "runs"}
             width = max(len(key) for key in fields) + 1
             for key, value in fields.items():
-                self.stdout.write(f"{key + ':':<{width}} {_text(value)}")
+                self.stdout.write(f"{key + ':':<{width}} {showing.text(value)}")
             self.stdout.write(f"\nLast {SHOWN_RUNS} runs:")
             self._runs_table(runs)
         if engine_state == UNREACHABLE:
@@ -310,7 +250,7 @@ class Command(BaseCommand):
 
     def list_runs(self, runs: list[CleanupRun], *, as_json: bool) -> None:
         if as_json:
-            self.stdout.write(json.dumps([_run(r) for r in runs], indent=2))
+            self.stdout.write(json.dumps([showing.run(r) for r in runs], indent=2))
         else:
             self._runs_table(runs)
 
@@ -325,10 +265,10 @@ class Command(BaseCommand):
                     str(run.iteration),
                     run.status + (" (dry run)" if run.dry_run else ""),
                     run.trigger,
-                    _when(run.started_at),
+                    showing.when(run.started_at),
                     seconds_label(run.duration.total_seconds()) if run.duration else "–",
                     f"{run.items_deleted:,}",
-                    _first_line(run.error or run.reason or run.message),
+                    showing.first_line(run.error or run.reason or run.message),
                 ]
                 for run in runs
             ],
@@ -394,138 +334,3 @@ def _selection(names: Sequence[str], every: bool, task: str | None) -> QuerySet[
             f"No schedule named {listed}; nothing was done.", returncode=EXIT_REFUSED
         )
     return schedules.filter(name__in=wanted)
-
-
-# --- what is shown -------------------------------------------------------------------------
-
-
-def _engine_state(schedule: CleanupSchedule) -> str:
-    """The engine's state of one schedule's orchestration as the admin labels it."""
-    try:
-        with engine_call():
-            state = get_client().get_orchestration_state(schedule.instance_id, fetch_payloads=False)
-    except EngineUnavailable:
-        return UNREACHABLE
-    return _engine_label(schedule, {schedule.instance_id: state} if state else {})
-
-
-def _engine_label(schedule: CleanupSchedule, states: dict[str, Any] | None) -> str:
-    if schedule.recovering_since:
-        return f"recovering ({_first_line(schedule.last_error)})"
-    if states is None:
-        return UNREACHABLE
-    return runtime_status_label(states.get(schedule.instance_id))
-
-
-def _listed(schedule: CleanupSchedule, engine_state: str) -> dict[str, Any]:
-    """One schedule of `list --json`: these keys, always."""
-    return {
-        "name": schedule.name,
-        "task": schedule.task,
-        "dry_run": schedule.dry_run,
-        "cadence": schedule.cadence,
-        "interval_seconds": schedule.interval.total_seconds(),
-        "cron": schedule.cron,
-        "timezone": schedule.timezone,
-        "desired_state": schedule.desired_state,
-        "engine_state": engine_state,
-        "status_reason": schedule.status_reason,
-        "iteration": schedule.current_iteration,
-        "last_run_status": getattr(schedule, "last_run_status", None),
-        "last_run_started_at": _iso(getattr(schedule, "last_run_started_at", None)),
-        "next_run_at": _iso(schedule.upcoming_run_at),
-    }
-
-
-def _configuration(schedule: CleanupSchedule, engine_state: str) -> dict[str, Any]:
-    """What `show` tells of a schedule: how it is defined, then how it stands."""
-    return {
-        "name": schedule.name,
-        "task": schedule.task,
-        "params": schedule.params,
-        "dry_run": schedule.dry_run,
-        "cadence": schedule.cadence,
-        "interval_seconds": schedule.interval.total_seconds(),
-        "cron": schedule.cron,
-        "timezone": schedule.timezone,
-        "start_at": _iso(schedule.start_at),
-        "end_at": _iso(schedule.end_at),
-        "max_iterations": schedule.max_iterations,
-        "missed_runs": schedule.missed_runs,
-        "max_retries": schedule.max_retries,
-        "max_run_seconds": schedule.run_limit,
-        "pause_after_failures": schedule.pause_after_failures,
-        "notify_email": schedule.notify_email,
-        "changed_by": schedule.changed_by.get_username() if schedule.changed_by else None,
-        "desired_state": schedule.desired_state,
-        "status_reason": schedule.status_reason,
-        "engine_state": engine_state,
-        "instance_id": schedule.instance_id,
-        "iteration": schedule.current_iteration,
-        "start_iteration": schedule.start_iteration,
-        "next_run_at": _iso(schedule.upcoming_run_at),
-        "consecutive_failures": schedule.consecutive_failures,
-        "last_error": schedule.last_error,
-    }
-
-
-def _run(run: CleanupRun) -> dict[str, Any]:
-    """One run record for `runs --json` and `show --json`: these keys, always."""
-    return {
-        "iteration": run.iteration,
-        "status": run.status,
-        "trigger": run.trigger,
-        "triggered_by": run.triggered_by,
-        "reason": run.reason,
-        "dry_run": run.dry_run,
-        "planned_at": _iso(run.planned_at),
-        "started_at": _iso(run.started_at),
-        "finished_at": _iso(run.finished_at),
-        "duration_seconds": run.duration.total_seconds() if run.duration else None,
-        "items_deleted": run.items_deleted,
-        "attempts": run.attempts,
-        "message": run.message,
-        "error": run.error,
-        "worker": run.worker,
-    }
-
-
-def _cadence(schedule: CleanupSchedule) -> str:
-    if schedule.cadence == CleanupSchedule.Cadence.CRON:
-        return f"cron {schedule.cron} ({schedule.timezone})"
-    kind = "rate" if schedule.cadence == CleanupSchedule.Cadence.FIXED_RATE else "delay"
-    return f"every {human_duration(schedule.interval)} ({kind})"
-
-
-def _last_run(schedule: CleanupSchedule) -> str:
-    status = getattr(schedule, "last_run_status", None)
-    if not status:
-        return "–"
-    return f"{status} {_when(schedule.last_run_started_at)}"  # type: ignore[attr-defined]
-
-
-def _next_run(schedule: CleanupSchedule) -> str:
-    if schedule.desired_state == CleanupSchedule.DesiredState.PAUSED:
-        return "paused"
-    return _when(schedule.upcoming_run_at)
-
-
-def _when(moment: datetime | None) -> str:
-    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S") if moment else "–"
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None
-
-
-def _text(value: object) -> str:
-    if value is None or value == "":
-        return "–"
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True)
-    return _first_line(str(value)) if isinstance(value, str) else str(value)
-
-
-def _first_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0][:120] if lines else ""

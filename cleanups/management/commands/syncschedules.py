@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -10,10 +9,10 @@ from django.db import DatabaseError
 
 from cleanups import control, declared
 from cleanups.conf import settings
+from cleanups.management.declarations import refuse_if_invalid
 
-# Exit statuses: 1 --check found a difference; 2 a declaration is invalid (nothing applied).
+# Exit status: 1 --check found a difference (2, a declaration is invalid: INVALID).
 DIFFERS = 1
-INVALID = 2
 
 
 class Command(BaseCommand):
@@ -96,19 +95,3 @@ class Command(BaseCommand):
 
     def _refuse_if_invalid(self, problems: list[str]) -> None:
         refuse_if_invalid(problems, self.stderr.write)
-
-
-def refuse_if_invalid(
-    problems: list[str], write: Callable[[str], Any], consequence: str = "nothing was applied"
-) -> None:
-    """Each problem of the declarations on a line of its own, then stop with status INVALID
-    (runworker --sync says the same, its worker not started)."""
-    if not problems:
-        return
-    for problem in problems:
-        write(problem)
-    count = len(problems)
-    raise CommandError(
-        f"{count} problem{'' if count == 1 else 's'} in the declared schedules; {consequence}.",
-        returncode=INVALID,
-    )

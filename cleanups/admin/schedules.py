@@ -1,8 +1,7 @@
-"""Admin for schedules (with start/terminate actions and live engine status) and read-only runs."""
+"""The schedules' admin: the definition form, live state, and the control actions."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -12,146 +11,25 @@ from django.contrib.contenttypes.models import ContentType
 from django.contrib.humanize.templatetags.humanize import naturaltime
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
 
 from cleanups import control
-from cleanups.cadence import preview_times
-from cleanups.control import (
-    ControlOutcome,
-    EngineUnavailable,
-    Outcome,
-    fetch_runtime_states,
-    runtime_status_label,
+from cleanups.admin.helpers import (
+    MESSAGE_LEVELS,
+    ManagedInCodeFilter,
+    ScheduleChangeList,
+    is_managed_in_code,
+    may_view_runs,
+    status_badge,
+    swap,
 )
+from cleanups.cadence import preview_times
 from cleanups.declared import DEFINITION_FIELDS
 from cleanups.formatting import human_duration
 from cleanups.forms import CleanupScheduleForm
 from cleanups.models import CleanupRun, CleanupSchedule
 from cleanups.registry import all_tasks
-
-ENGINE_UNREACHABLE = "engine unreachable"
-
-admin.site.site_header = "cleanups"
-admin.site.site_title = "cleanups"
-admin.site.index_title = "Scheduled cleanups"
-# The schedule list is wide (live status, last and next run): give it the whole page.
-admin.site.enable_nav_sidebar = False
-
-_MESSAGE_LEVELS = {
-    Outcome.STARTED: messages.SUCCESS,
-    Outcome.TERMINATED: messages.SUCCESS,
-    Outcome.ALREADY_RUNNING: messages.INFO,
-    Outcome.NOT_RUNNING: messages.INFO,
-    Outcome.REFUSED: messages.ERROR,
-    Outcome.ENGINE_UNREACHABLE: messages.WARNING,
-    Outcome.PAUSED: messages.SUCCESS,
-    Outcome.RESUMED: messages.SUCCESS,
-    Outcome.RUN_REQUESTED: messages.SUCCESS,
-}
-
-
-# Up to this many selected schedules, each gets its own outcome message (one engine call each,
-# in the request); more go the bulk way: one UPDATE, one message, the engine calls in the
-# background.
-ONE_BY_ONE = 20
-
-
-def start_schedules(queryset: QuerySet[CleanupSchedule]) -> list[ControlOutcome]:
-    """Start every schedule in the queryset; what happened to each."""
-    return [schedule.start() for schedule in queryset]
-
-
-def terminate_schedules(queryset: QuerySet[CleanupSchedule]) -> list[ControlOutcome]:
-    """Terminate every schedule in the queryset; what happened to each."""
-    return [schedule.terminate() for schedule in queryset]
-
-
-def pause_schedules(queryset: QuerySet[CleanupSchedule]) -> list[ControlOutcome]:
-    """Suspend every schedule's orchestration in the queryset."""
-    return [control.pause_schedule(schedule) for schedule in queryset]
-
-
-def resume_schedules(queryset: QuerySet[CleanupSchedule]) -> list[ControlOutcome]:
-    """Resume every paused schedule in the queryset (missed slots follow its policy)."""
-    return [control.resume_schedule(schedule) for schedule in queryset]
-
-
-def run_schedules_now(queryset: QuerySet[CleanupSchedule], user: str) -> list[ControlOutcome]:
-    """One extra run of every schedule in the queryset, recorded as manual by ``user``."""
-    return [control.run_now(schedule, user) for schedule in queryset]
-
-
-def restart_schedules(queryset: QuerySet[CleanupSchedule]) -> list[ControlOutcome]:
-    """Terminate and start afresh every schedule in the queryset."""
-    return [control.restart_schedule(schedule) for schedule in queryset]
-
-
-class ScheduleChangeList(ChangeList):
-    """Fetches the engine's state of the page's schedules in one batched call."""
-
-    def get_results(self, request: HttpRequest) -> None:
-        super().get_results(request)
-        if request.method != "GET":
-            # An action's POST builds the changelist only to find the selection; the page it
-            # redirects to asks the engine.
-            return
-        try:
-            states = fetch_runtime_states(s.instance_id for s in self.result_list)
-        except EngineUnavailable:
-            messages.warning(
-                request,
-                "The Durable Task engine is unreachable: runtime status is unknown. "
-                "Is `python manage.py runworker` running?",
-            )
-            states = None
-        for schedule in self.result_list:
-            if states is None:
-                label = ENGINE_UNREACHABLE
-            else:
-                label = runtime_status_label(states.get(schedule.instance_id))
-            if schedule.recovering_since:
-                label = f"recovering ({schedule.last_error})"
-            schedule.runtime_status_label = label
-
-
-def _may_view_runs(request: HttpRequest) -> bool:
-    return request.user.has_perm("cleanups.view_cleanuprun")
-
-
-def _swap(fields: Any, replacements: dict[str, str | None]) -> list[str]:
-    """The field names with some replaced by others, or left out where the replacement is None."""
-    swapped = (replacements.get(name, name) for name in fields)
-    return [name for name in swapped if name is not None]
-
-
-class ManagedInCodeFilter(admin.SimpleListFilter):
-    title = "managed in code"
-    parameter_name = "managed_in_code"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("yes", "Yes (read-only definition)"), ("no", "No (managed here)")]
-
-    def queryset(
-        self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]
-    ) -> QuerySet[CleanupSchedule]:
-        if self.value() == "yes":
-            return queryset.exclude(managed_by="")
-        if self.value() == "no":
-            return queryset.filter(managed_by="")
-        return queryset
-
-
-def _is_managed_in_code(schedule: Any) -> bool:
-    return bool(schedule is not None and getattr(schedule, "managed_by", ""))
-
-
-def _status_badge(status: str, label: str) -> SafeString:
-    return SafeString(
-        render_to_string("cleanups/_status.html", {"status": status, "label": label}).strip()
-    )
 
 
 @admin.register(CleanupSchedule)
@@ -257,14 +135,14 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
         if obj is None:
             return self.fieldsets[:3]
         fieldsets = self.fieldsets
-        if not _may_view_runs(request):
+        if not may_view_runs(request):
             # Runs' error text and the links to run pages are for those who may view runs.
             hidden = {"last_error": None, "run_history": "overview"}
             fieldsets = [
-                (title, {**options, "fields": _swap(options["fields"], hidden)})
+                (title, {**options, "fields": swap(options["fields"], hidden)})
                 for title, options in fieldsets
             ]
-        if _is_managed_in_code(obj):
+        if is_managed_in_code(obj):
             notice = (
                 None,
                 {
@@ -276,7 +154,7 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
         return fieldsets
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        if _is_managed_in_code(obj):
+        if is_managed_in_code(obj):
             # Its definition is the code's: the next syncschedules would undo an edit here.
             return [*DEFINITION_FIELDS, "managed_in_code_notice", *self.readonly_fields]
         return self.readonly_fields
@@ -284,14 +162,14 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # A schedule declared in code is view-only here (its actions, which ask for the change
         # permission without a schedule, stay available on the list).
-        if _is_managed_in_code(obj):
+        if is_managed_in_code(obj):
             return False
         return super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # The next syncschedules would create it again, without its history: remove it from
         # the code instead (it is then stopped and handed back here).
-        if _is_managed_in_code(obj):
+        if is_managed_in_code(obj):
             return False
         return super().has_delete_permission(request, obj)
 
@@ -311,9 +189,9 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
         return schedule.managed_by or "–"
 
     def get_list_display(self, request: HttpRequest) -> Any:
-        if _may_view_runs(request):
+        if may_view_runs(request):
             return self.list_display
-        return _swap(self.list_display, {"run_history": "overview"})
+        return swap(self.list_display, {"run_history": "overview"})
 
     @admin.display(description="Next five runs")
     def upcoming_runs(self, schedule: CleanupSchedule) -> str:
@@ -399,7 +277,7 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
         started = schedule.last_run_started_at  # type: ignore[attr-defined]
         return format_html(
             '{}<br><span title="{}">{}</span>',
-            _status_badge(status, CleanupRun.Status(status).label),
+            status_badge(status, CleanupRun.Status(status).label),
             started.isoformat(timespec="seconds"),
             naturaltime(started),
         )
@@ -434,85 +312,41 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
             schedule.get_runs_url(),
         )
 
-    def _act(
-        self,
-        request: HttpRequest,
-        queryset: QuerySet[CleanupSchedule],
-        one_by_one: Callable[[QuerySet[CleanupSchedule]], list[ControlOutcome]],
-        bulk: Callable[[QuerySet[CleanupSchedule]], control.BulkOutcome],
-    ) -> None:
+    def _act(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule], name: str) -> None:
         """A few schedules: each one's outcome. Many (a page, or "select all"): one statement,
         one message, and the list shows each schedule as it comes up."""
-        if queryset.count() <= ONE_BY_ONE:
-            for outcome in one_by_one(queryset):
-                self.message_user(request, outcome.message, level=_MESSAGE_LEVELS[outcome.outcome])
-            return
-        done = bulk(queryset)
-        level = messages.WARNING if done.refused else messages.SUCCESS
-        self.message_user(request, done.message, level=level)
+        action = control.actions(request.user.get_username())[name]
+        done = control.act(action, queryset)
+        for outcome in done.outcomes:
+            self.message_user(request, outcome.message, level=MESSAGE_LEVELS[outcome.outcome])
+        if done.bulk is not None:
+            level = messages.WARNING if done.bulk.refused else messages.SUCCESS
+            self.message_user(request, done.bulk.message, level=level)
 
     @admin.action(description="Start selected schedules", permissions=["change"])
     def start_schedules(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
-        self._act(request, queryset, start_schedules, control.start_schedules)
+        self._act(request, queryset, "start")
 
     @admin.action(description="Pause selected schedules", permissions=["change"])
     def pause_schedules(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
-        self._act(request, queryset, pause_schedules, control.pause_schedules)
+        self._act(request, queryset, "pause")
 
     @admin.action(description="Resume selected schedules", permissions=["change"])
     def resume_schedules(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
-        self._act(request, queryset, resume_schedules, control.resume_schedules)
+        self._act(request, queryset, "resume")
 
     @admin.action(description="Run selected schedules now (once, extra)", permissions=["change"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
-        user = request.user.get_username()
-        self._act(
-            request,
-            queryset,
-            lambda q: run_schedules_now(q, user),
-            lambda q: control.run_schedules_now(q, user),
-        )
+        self._act(request, queryset, "run-now")
 
     @admin.action(
         description="Restart selected schedules (fresh orchestration)", permissions=["change"]
     )
     def restart_schedules(self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]) -> None:
-        self._act(request, queryset, restart_schedules, control.restart_schedules)
+        self._act(request, queryset, "restart")
 
     @admin.action(description="Terminate selected schedules", permissions=["change"])
     def terminate_schedules(
         self, request: HttpRequest, queryset: QuerySet[CleanupSchedule]
     ) -> None:
-        self._act(request, queryset, terminate_schedules, control.terminate_schedules)
-
-
-@admin.register(CleanupRun)
-class CleanupRunAdmin(admin.ModelAdmin):
-    list_display = [
-        "schedule",
-        "iteration",
-        "status_badge",
-        "started_at",
-        "duration",
-        "items_deleted",
-        "dry_run",
-    ]
-    list_filter = ["status", "dry_run", "schedule"]
-    list_select_related = ["schedule"]
-    date_hierarchy = "started_at"
-
-    @admin.display(description="Status", ordering="status")
-    def status_badge(self, run: CleanupRun) -> str:
-        return _status_badge(run.status, run.get_status_display())
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def view_on_site(self, run: CleanupRun) -> str:
-        return reverse("cleanups:run_detail", args=[run.pk])
+        self._act(request, queryset, "terminate")

@@ -1,0 +1,5 @@
+"""The admin: schedules (their definition, live state and control actions) and read-only runs."""
+
+from cleanups.admin import runs, schedules  # register the ModelAdmins
+
+__all__ = ["runs", "schedules"]

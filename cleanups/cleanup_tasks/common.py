@@ -1,0 +1,23 @@
+"""What the built-in tasks share."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+from cleanups.registry import Params, int_param
+
+MAX_BATCH_SIZE = 100_000
+
+
+def with_batch_size(cleaned: Params, params: Params) -> Params:
+    """Add a given batch_size (rows per batch). Without one, batches size themselves to take
+    about 50 ms each, which keeps locks short and per-batch overhead negligible."""
+    if params.get("batch_size") is not None:
+        cleaned["batch_size"] = int_param(params, "batch_size", 0, 1, MAX_BATCH_SIZE)
+    return cleaned
+
+
+def age_cutoff(days: float) -> datetime:
+    return timezone.now() - timedelta(days=days)
