@@ -169,7 +169,8 @@ def test_killed_worker_run_is_interrupted_and_schedule_continues(
     assert first_run.attempts == 1  # iteration 1 was not run again
     assert first_run.finished_at is not None
     assert second_run.worker != killed_worker
-    assert "status=succeeded" in second.output
+    # The run's log line follows its record's update: wait for the line, not only the row.
+    second.wait_for_output("status=succeeded")
     assert f"run schedule={schedule.name} iteration=1 " not in second.output
     schedule.refresh_from_db()
     assert schedule.desired_state == RUNNING
