@@ -237,6 +237,12 @@ RUN_COLUMNS = [
     "traceback",
     "worker",
     "attempts",
+    # Safety: nothing held, approved, archived or restored.
+    "review",
+    "approved_by",
+    "rejected_by",
+    "archive_parts",
+    "restores",
 ]
 
 
@@ -317,6 +323,11 @@ def fill_runs(
                     "Traceback (most recent call last): ..." if status == "failed" else "",
                     "" if skipped else "bench-worker-1",
                     1,
+                    "{}",
+                    "",
+                    "",
+                    "[]",
+                    "[]",
                 )
 
     if todo:

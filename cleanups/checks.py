@@ -8,6 +8,7 @@ from django.core.checks import Error, register
 
 from cleanups.conf import settings
 from cleanups.engine.config import EngineConfigError, engine_config
+from cleanups.tasks.archive import storage_problem
 from cleanups.webhooks import hostname, redact
 
 
@@ -93,6 +94,35 @@ def check_setting_values(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             errors.append(
                 Error(f"{name} is {value!r}: it must be a list of strings.", id="cleanups.E003")
             )
+    return errors
+
+
+@register()
+def check_safety_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """The guard's limits, the approval's slack and the archive's storage (README, "Safety")."""
+    errors = []
+    bounds = {
+        "CLEANUP_MAX_ROWS_PER_RUN": (0, None),
+        "CLEANUP_MAX_TABLE_FRACTION": (0, 1),
+        "CLEANUP_JUMP_FACTOR": (0, None),
+        "CLEANUP_FIRST_RUN_REVIEW_ROWS": (0, None),
+        "CLEANUP_APPROVAL_SLACK": (0, 1),
+        "CLEANUP_ARCHIVE_DAYS": (0, None),
+    }
+    for name, (least, most) in bounds.items():
+        value = getattr(settings, name)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or value < least or (most is not None and value > most):
+            within = f"from {least} to {most}" if most is not None else f"at least {least}"
+            errors.append(
+                Error(f"{name} is {value!r}: it must be a number {within}.", id="cleanups.E005")
+            )
+    for name in ("CLEANUP_FOUR_EYES", "CLEANUP_ARCHIVE_BY_DEFAULT"):
+        if not isinstance(getattr(settings, name), bool):
+            errors.append(Error(f"{name} must be True or False.", id="cleanups.E005"))
+    problem = storage_problem()
+    if problem:
+        errors.append(Error(problem, id="cleanups.E005"))
     return errors
 
 

@@ -79,6 +79,30 @@ DEFAULTS: dict[str, Any] = {
     # The site's address as people reach it (https://cleanups.example.com): alerts link to
     # run pages under it. Empty: alerts carry the pages' paths only.
     "CLEANUP_SITE_URL": "",
+    # Safety (README, "Safety"). A deleting run counts first and is held for a person's
+    # approval when it would delete more than this many rows (a schedule's own limit wins;
+    # 0: no limit) ...
+    "CLEANUP_MAX_ROWS_PER_RUN": 100_000,
+    # ... or more than this fraction of a table (0: no limit; only above 1,000 rows) ...
+    "CLEANUP_MAX_TABLE_FRACTION": 0.5,
+    # ... or more than this many times the median of its last 10 succeeded runs (and more than
+    # 1,000 rows; 0: off) ...
+    "CLEANUP_JUMP_FACTOR": 10.0,
+    # ... or, on its first run after it was created or its task or params changed, more than
+    # this many rows (0: off).
+    "CLEANUP_FIRST_RUN_REVIEW_ROWS": 10_000,
+    # The approver of a held run may not be the schedule's last editor.
+    "CLEANUP_FOUR_EYES": True,
+    # An approved run deletes at most the count it showed plus this fraction (rows that aged
+    # into its window since).
+    "CLEANUP_APPROVAL_SLACK": 0.01,
+    # Row-deleting schedules with "archive" blank archive their rows first when this is True.
+    "CLEANUP_ARCHIVE_BY_DEFAULT": False,
+    # The key of settings.STORAGES that archives go to ("": a file system storage under
+    # MEDIA_ROOT/cleanups-archive).
+    "CLEANUP_ARCHIVE_STORAGE": "",
+    # The built-in prune_archives task deletes archives older than this (days; 0: never).
+    "CLEANUP_ARCHIVE_DAYS": 30,
 }
 
 

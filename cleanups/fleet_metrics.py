@@ -54,7 +54,7 @@ class FleetCollector:
 
 
 def _fleet_figures() -> list[Metric]:
-    """Four queries, whatever the number of schedules and runs."""
+    """Five queries, whatever the number of schedules and runs."""
     now = timezone.now()
     schedules, conditions = fleet_conditions(now)
     totals = schedules.aggregate(
@@ -106,6 +106,13 @@ def _fleet_figures() -> list[Metric]:
             CleanupRun.objects.running().count(),
         ),
         streaks,
+        _gauge(
+            "cleanups_runs_held",
+            "Runs the blast-radius guard held that nobody has approved or rejected yet.",
+            CleanupRun.objects.filter(
+                status=CleanupRun.Status.HELD, approved_at=None, rejected_at=None
+            ).count(),
+        ),
     ]
 
 

@@ -24,3 +24,15 @@ def seconds_label(seconds: float) -> str:
             return "0 s"
         return f"{seconds * 1000:.0f} ms" if seconds >= 0.0095 else f"{seconds * 1000:.1f} ms"
     return f"{seconds:.2f} s"
+
+
+# A cell starting with one of these is a formula to a spreadsheet (OWASP: CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell, with a leading ' if a spreadsheet would otherwise run it as a formula.
+    Numbers, dates and booleans the code writes itself are not str and stay as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return f"'{value}"
+    return value

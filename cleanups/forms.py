@@ -140,12 +140,21 @@ class WebhookURLsField(forms.Field):
             raise ValidationError(errors)
 
 
+class SiteDefaultSelect(forms.NullBooleanSelect):
+    """Yes / No / the site's default, for a BooleanField(null=True) whose blank means that."""
+
+    def __init__(self, default_label: str) -> None:
+        super().__init__()
+        self.choices = [("unknown", default_label), ("true", "Yes"), ("false", "No")]
+
+
 class CleanupScheduleForm(forms.ModelForm):
     """The admin's schedule form (its model and fields come from the ModelAdmin)."""
 
     class Meta:
         # Inherited by the form the ModelAdmin builds.
         field_classes = {"params": ParamsField, "alert_webhooks": WebhookURLsField}
+        widgets = {"archive": SiteDefaultSelect("The site's default (CLEANUP_ARCHIVE_BY_DEFAULT)")}
 
     # The person saving, set by the admin for each request. The schedule is validated, saved and
     # later run as theirs: it may delete only what they may delete.

@@ -153,6 +153,9 @@ STATIC_ROOT = env.path("STATIC_ROOT", default=str(BASE_DIR / ".local" / "static"
 # the apps; it warns when the directory is missing, so it always exists.
 Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
 WHITENOISE_USE_FINDERS = DEBUG
+# Uploaded files, and cleanups' archives (cleanups-archive/) unless CLEANUP_ARCHIVE_STORAGE names
+# another storage.
+MEDIA_ROOT = env.path("MEDIA_ROOT", default=str(BASE_DIR / "media"))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -234,6 +237,16 @@ ALERT_WEBHOOK_ATTEMPTS = env.int("ALERT_WEBHOOK_ATTEMPTS", default=3)
 ALERT_WEBHOOK_BACKOFF_SECONDS = env.float("ALERT_WEBHOOK_BACKOFF_SECONDS", default=1.0)
 # The site's address as people reach it: alerts link to run pages under it (empty: paths only).
 CLEANUP_SITE_URL = env.str("CLEANUP_SITE_URL", default="")
+# Safety (README, "Safety"): the blast-radius guard, approvals, archives.
+CLEANUP_MAX_ROWS_PER_RUN = env.int("CLEANUP_MAX_ROWS_PER_RUN", default=100_000)
+CLEANUP_MAX_TABLE_FRACTION = env.float("CLEANUP_MAX_TABLE_FRACTION", default=0.5)
+CLEANUP_JUMP_FACTOR = env.float("CLEANUP_JUMP_FACTOR", default=10.0)
+CLEANUP_FIRST_RUN_REVIEW_ROWS = env.int("CLEANUP_FIRST_RUN_REVIEW_ROWS", default=10_000)
+CLEANUP_FOUR_EYES = env.bool("CLEANUP_FOUR_EYES", default=True)
+CLEANUP_APPROVAL_SLACK = env.float("CLEANUP_APPROVAL_SLACK", default=0.01)
+CLEANUP_ARCHIVE_BY_DEFAULT = env.bool("CLEANUP_ARCHIVE_BY_DEFAULT", default=False)
+CLEANUP_ARCHIVE_STORAGE = env.str("CLEANUP_ARCHIVE_STORAGE", default="")
+CLEANUP_ARCHIVE_DAYS = env.int("CLEANUP_ARCHIVE_DAYS", default=30)
 
 LOGGING = {
     "version": 1,

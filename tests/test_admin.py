@@ -421,6 +421,9 @@ def test_add_form_asks_only_for_what_the_operator_fills_in(admin_client):
         "pause_after_failures",
         "notify_email",
         "alert_webhooks",
+        "max_rows_per_run",
+        "max_table_fraction",
+        "archive",
     }
     html = response.content.decode()
     assert "<code>sample</code>" in html

@@ -229,3 +229,36 @@ def test_the_schedule_page_draws_lateness_under_each_runs_duration(
     summary = page.inner_text("#lateness-summary")
     assert summary.startswith("Start lateness: p50 ") and "over the last 11 planned runs" in summary
     page.locator("figure.run-chart").screenshot(path=str(SHOTS / "13-schedule-lateness.png"))
+
+
+def test_an_approver_reviews_a_held_run_and_approves_it(
+    page, live_server, engine_port, make_schedule
+):
+    from cleanups.runs.execute import execute_iteration
+    from tests.testapp.models import Event
+
+    old = timezone.now() - timedelta(days=40)
+    Event.objects.bulk_create([Event(created_at=old, name=f"order {n}") for n in range(1500)])
+    schedule = make_schedule(
+        name="browser held",
+        desired_state="running",
+        task="delete_old_rows",
+        params={"model": "testapp.Event", "field": "created_at", "older_than_days": 0.3},
+        interval=timedelta(hours=1),
+    )
+    execute_iteration(schedule.pk, 1)
+    held = CleanupRun.objects.get(schedule=schedule, iteration=1)
+    assert held.status == "held"
+
+    page.goto(f"{live_server.url}/runs/{held.pk}/")
+    assert "Held for approval" in page.inner_text("#live-rows")
+    assert page.locator("#held-sample tbody tr").count() == 20
+    assert page.locator("#held-counts").inner_text().count("1500") == 2  # all of the table
+    shot(page, "14-held-run")
+    page.click("button[value=approve]")
+    page.wait_for_selector("ul.messagelist")
+    assert "approved (at most 1,515 items)" in page.inner_text("ul.messagelist")
+    assert "Approved" in page.inner_text("#live-rows")
+    shot(page, "15-held-run-approved")
+    held.refresh_from_db()
+    assert held.approved_by == "admin" and Event.objects.count() == 1500

@@ -56,9 +56,12 @@ def test_a_long_run_goes_in_parts_with_progress_in_the_custom_status(
     worker, durable_client, make_schedule, settings
 ):
     settings.CLEANUP_PART_SECONDS = 0.2
+    settings.CLEANUP_FIRST_RUN_REVIEW_ROWS = 0  # a whole table on purpose: the guard would hold
     old = timezone.now() - timedelta(days=10)
     Event.objects.bulk_create(Event(created_at=old) for _ in range(20_000))
     schedule = make_schedule(
+        max_rows_per_run=0,
+        max_table_fraction=0,
         task="delete_old_rows",
         params={
             "model": "testapp.Event",
@@ -117,6 +120,10 @@ def test_purge_orchestrations_purges_finished_instances_only(worker, durable_cli
     assert is_live(durable_client, alive)
 
 
+# The worker deletes a whole table on purpose: its guard must not hold the first run.
+WHOLE_TABLE = {"CLEANUP_FIRST_RUN_REVIEW_ROWS": "0"}
+
+
 @pytest.mark.subprocess
 def test_a_worker_killed_midway_leaves_no_half_deleted_batch(start_worker_process, make_schedule):
     old = timezone.now() - timedelta(days=10)
@@ -124,6 +131,8 @@ def test_a_worker_killed_midway_leaves_no_half_deleted_batch(start_worker_proces
     Child.objects.bulk_create(Child(parent=p) for p in parents for _ in range(3))
     Parent.objects.bulk_create(Parent(created_at=timezone.now()) for _ in range(10))
     schedule = make_schedule(
+        max_rows_per_run=0,  # a whole table on purpose: the guard would hold it
+        max_table_fraction=0,
         task="delete_old_rows",
         params={
             "model": "testapp.Parent",
@@ -134,7 +143,7 @@ def test_a_worker_killed_midway_leaves_no_half_deleted_batch(start_worker_proces
         interval=timedelta(minutes=5),
     )
     _running(schedule)
-    worker = start_worker_process()
+    worker = start_worker_process(env=WHOLE_TABLE)
     wait_until(
         lambda: CleanupRun.objects.filter(schedule=schedule, items_deleted__gte=200).exists(),
         timeout=30,
@@ -161,7 +170,7 @@ def test_a_worker_killed_midway_leaves_no_half_deleted_batch(start_worker_proces
             "batch_size": 1000,
         }
     )
-    second = start_worker_process()
+    second = start_worker_process(env=WHOLE_TABLE)
     wait_until(
         lambda: CleanupRun.objects.filter(
             schedule=schedule, iteration=2, status="succeeded"

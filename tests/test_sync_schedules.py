@@ -246,7 +246,8 @@ def test_invalid_declarations_are_one_line_each_and_nothing_is_applied(engine_po
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith(
-        "CLEANUP_SCHEDULES['nightly']: unknown field 'retries' (the fields are alert_webhooks, cadence, cron,"
+        "CLEANUP_SCHEDULES['nightly']: unknown field 'retries' (the fields are alert_webhooks, "
+        "archive, cadence, cron,"
     )
     assert lines[1:] == [
         "CLEANUP_SCHEDULES['nightly']: interval: Enter a valid duration.",

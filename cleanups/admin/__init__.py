@@ -1,5 +1,5 @@
 """The admin: schedules (their definition, live state and control actions) and read-only runs."""
 
-from cleanups.admin import runs, schedules  # register the ModelAdmins
+from cleanups.admin import holds, runs, schedules  # register the ModelAdmins
 
-__all__ = ["runs", "schedules"]
+__all__ = ["holds", "runs", "schedules"]

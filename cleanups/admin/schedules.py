@@ -105,6 +105,10 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
             },
         ),
         (
+            "Safety: how much a run may delete",
+            {"fields": ["max_rows_per_run", "max_table_fraction", "archive"]},
+        ),
+        (
             "State",
             {
                 "fields": [
@@ -133,7 +137,7 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         # A schedule being added has no state yet: show only what the operator fills in.
         if obj is None:
-            return self.fieldsets[:3]
+            return self.fieldsets[:4]
         fieldsets = self.fieldsets
         if not may_view_runs(request):
             # Runs' error text and the links to run pages are for those who may view runs.

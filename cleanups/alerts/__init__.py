@@ -1,6 +1,6 @@
 """Alerts: a JSON POST to each webhook of a schedule (``alert_webhooks``) and of the site
 (``ALERT_WEBHOOKS``) when a failure streak starts, the schedule recovers, it is paused after
-failures, a stuck run is restarted or a run times out.
+failures, a stuck run is restarted, a run times out or a run is held for approval.
 
 - ``events``: what an alert says (the generic body; Slack's ``{"text": ...}`` for
   ``hooks.slack.com``; a Teams MessageCard for ``*.webhook.office.com``).
@@ -13,6 +13,7 @@ failures, a stuck run is restarted or a run times out.
 from cleanups.alerts.delivery import flush, send, targets
 from cleanups.alerts.events import (
     FAILING,
+    HELD,
     PAUSED,
     RECOVERED,
     STUCK,
@@ -27,6 +28,7 @@ from cleanups.alerts.events import (
 
 __all__ = [
     "FAILING",
+    "HELD",
     "PAUSED",
     "RECOVERED",
     "STUCK",

@@ -18,6 +18,7 @@ RECOVERED = Event.RECOVERED
 PAUSED = Event.PAUSED
 STUCK = Event.STUCK
 TIMED_OUT = Event.TIMED_OUT
+HELD = Event.HELD
 
 
 def payload(
@@ -76,6 +77,7 @@ def _summary(event: str, schedule: CleanupSchedule, run: CleanupRun | None, fail
         PAUSED: f"{name} was paused after {failures} failed run{plural} in a row.",
         STUCK: f"{name} was stuck and has been restarted.",
         TIMED_OUT: f"{name}: {which} timed out and was abandoned.",
+        HELD: f"{name}: {which} is held for approval and deleted nothing.",
     }.get(event, f"{name}: {event}.")
 
 
@@ -91,8 +93,15 @@ _EMOJI = {
     PAUSED: ":double_vertical_bar:",
     STUCK: ":warning:",
     TIMED_OUT: ":hourglass:",
+    HELD: ":raised_hand:",
 }
-_COLOURS = {FAILING: "D13438", RECOVERED: "2EB886", PAUSED: "D13438", STUCK: "F2C744"}
+_COLOURS = {
+    FAILING: "D13438",
+    RECOVERED: "2EB886",
+    PAUSED: "D13438",
+    STUCK: "F2C744",
+    HELD: "F2C744",
+}
 
 
 def is_slack(url: str) -> bool:

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
-from cleanups.registry import Params, int_param
+from cleanups.registry import CleanupContext, Params, int_param
 
 MAX_BATCH_SIZE = 100_000
 
@@ -21,3 +21,8 @@ def with_batch_size(cleaned: Params, params: Params) -> Params:
 
 def age_cutoff(days: float) -> datetime:
     return timezone.now() - timedelta(days=days)
+
+
+def capped(ctx: CleanupContext) -> str:
+    """A note for a run that stopped at the most its approval allows."""
+    return ", the most its approval allows (more are due)" if ctx.capped else ""

@@ -20,6 +20,7 @@ from cleanups.registry import (
     positive_days,
     reject_unknown,
 )
+from cleanups.tasks import holds
 
 # delete_old_files ---------------------------------------------------------------------------
 
@@ -82,7 +83,12 @@ def delete_old_files(ctx: CleanupContext) -> str:
     # a symlink during the walk cannot redirect a single stat, unlink or rmdir outside the root.
     root_fd = _open_directory_nofollow(root, params["directory"])
     try:
-        files, bytes_freed, finished = _delete_files_under(ctx, root_fd, cutoff)
+        if ctx.guard is not None:
+            # Counted first, as rows are: the guard may hold the run before a file goes.
+            found: list[list[str]] = []
+            counted, _, _ = _delete_files_under(ctx, root_fd, root, cutoff, count_into=found)
+            ctx.guard("files", {"files": counted}, {}, lambda: found)
+        files, bytes_freed, finished = _delete_files_under(ctx, root_fd, root, cutoff)
         if not finished:
             return f"Paused after {files} file(s); continuing."
         if params["remove_empty_dirs"] and params["recursive"] and not ctx.dry_run:
@@ -92,7 +98,8 @@ def delete_old_files(ctx: CleanupContext) -> str:
     finally:
         os.close(root_fd)
     verb = "Would free" if ctx.dry_run else "Freed"
-    return f"{verb} {bytes_freed} byte(s) in {files} file(s)."
+    capped = " (the most its approval allows)" if ctx.capped else ""
+    return f"{verb} {bytes_freed} byte(s) in {files} file(s){capped}.{ctx.kept_message()}"
 
 
 # Files deleted between two reports: a worker killed mid-run leaves a record short by at most
@@ -118,23 +125,37 @@ def _open_directory_nofollow(real: Path, directory: str) -> int:
     return fd
 
 
-def _delete_files_under(ctx: CleanupContext, root_fd: int, cutoff: float) -> tuple[int, int, bool]:
+def _delete_files_under(
+    ctx: CleanupContext,
+    root_fd: int,
+    root: Path,
+    cutoff: float,
+    count_into: list[list[str]] | None = None,
+) -> tuple[int, int, bool]:
     """Delete (dry run: count) the matching regular files older than ``cutoff``, reporting
-    after every batch. Returns files, bytes and whether the walk finished (not out of time)."""
+    after every batch, leaving files under a directory hold alone, moving each into the
+    archive first when the run archives. ``count_into``: only count (a guard's count), the
+    first paths into that list. Returns files, bytes and whether the walk finished."""
     params = ctx.params
     files = bytes_freed = 0
     batch_files = batch_bytes = 0
+    counting = count_into is not None
+    kept: dict[str, int] = {}
+    held = holds.source().directory_holds()
 
     def report() -> None:
-        nonlocal batch_files, batch_bytes
-        if batch_files:
+        nonlocal batch_files, batch_bytes, held
+        if batch_files and not counting:
             ctx.deleted("files", batch_files, bytes=batch_bytes)
         batch_files = batch_bytes = 0
+        for reason, count in kept.items():
+            ctx.kept_by_hold(reason, count)
+        held = holds.source().directory_holds()  # a hold added meanwhile: from the next batch
 
     # fwalk opens each subdirectory relative to its parent's descriptor and enters it only if
     # it is the very directory lstat saw: never a symlink, whenever the swap happens.
     walk = os.fwalk(".", topdown=True, follow_symlinks=False, dir_fd=root_fd)
-    for _dirpath, dirnames, filenames, dir_fd in walk:
+    for dirpath, dirnames, filenames, dir_fd in walk:
         if not params["recursive"]:
             dirnames.clear()
         for name in filenames:
@@ -147,10 +168,22 @@ def _delete_files_under(ctx: CleanupContext, root_fd: int, cutoff: float) -> tup
             # Only regular files: never a symlink (its target may be anywhere), fifo or device.
             if not stat.S_ISREG(info.st_mode) or info.st_mtime >= cutoff:
                 continue
-            if not ctx.dry_run:
-                try:
-                    os.unlink(name, dir_fd=dir_fd)
-                except FileNotFoundError:
+            path = os.path.normpath(os.path.join(root, dirpath, name))
+            reason = next((why for why, top in held if _under(path, top)), None)
+            if reason is not None:
+                kept[reason] = kept.get(reason, 0) + 1
+                continue
+            if counting:
+                if len(count_into) < SAMPLE_FILES:
+                    count_into.append([path, f"{info.st_size} bytes"])
+            elif not ctx.dry_run:
+                left = ctx.left_to_delete("files")
+                if left is not None and batch_files >= left:
+                    ctx.capped = True
+                    report()
+                    walk.close()
+                    return files, bytes_freed, True
+                if not _delete_file(ctx, name, dir_fd, path):
                     continue
             files += 1
             bytes_freed += info.st_size
@@ -158,12 +191,32 @@ def _delete_files_under(ctx: CleanupContext, root_fd: int, cutoff: float) -> tup
             batch_bytes += info.st_size
             if batch_files >= FILES_PER_BATCH:
                 report()
-            if ctx.out_of_time():
+            if not counting and ctx.out_of_time():
                 report()
                 walk.close()
                 return files, bytes_freed, False
     report()
     return files, bytes_freed, True
+
+
+SAMPLE_FILES = 20
+
+
+def _under(path: str, top: Path) -> bool:
+    return path == str(top) or path.startswith(str(top).rstrip("/") + "/")
+
+
+def _delete_file(ctx: CleanupContext, name: str, dir_fd: int, path: str) -> bool:
+    """Unlink one file (moved into the archive first, when the run archives, and recorded on
+    the run before it goes); False if it had gone already."""
+    try:
+        if ctx.archive is not None:
+            ctx.archived(ctx.archive.move_file(name, dir_fd, path))
+            ctx.save_archive()
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _remove_empty_dirs_under(root_fd: int) -> int:

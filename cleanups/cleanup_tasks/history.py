@@ -52,8 +52,15 @@ def prune_run_history(ctx: CleanupContext) -> str:
     for schedule_id in CleanupSchedule.objects.values_list("pk", flat=True):
         if ctx.out_of_time():
             break
-        runs = CleanupRun.objects.filter(schedule_id=schedule_id).exclude(
-            status=CleanupRun.Status.RUNNING
+        # Never a run still running, one held that waits for a person, or one whose archive
+        # is kept (restoring reads the record; prune_archives empties it first).
+        runs = (
+            CleanupRun.objects.filter(schedule_id=schedule_id)
+            .exclude(status=CleanupRun.Status.RUNNING)
+            .exclude(
+                status=CleanupRun.Status.HELD, approved_at__isnull=True, rejected_at__isnull=True
+            )
+            .filter(archive_parts=[])
         )
         keep_from = _nth_newest_iteration(runs, params["keep_last"])
         keep_failed_from = _nth_newest_iteration(

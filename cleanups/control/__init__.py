@@ -7,6 +7,12 @@ already recorded and runworker's reconciler finishes the job once the engine is 
 """
 
 from cleanups.control.acting import ONE_BY_ONE, Acted, Action, act, actions
+from cleanups.control.approvals import (
+    APPROVE_PERMISSION,
+    DecisionRefused,
+    approve_run,
+    reject_run,
+)
 from cleanups.control.bulk import (
     pause_schedules,
     restart_schedules,
@@ -34,6 +40,7 @@ from cleanups.control.single import (
 )
 
 __all__ = [
+    "APPROVE_PERMISSION",
     "BULK_ENGINE_THREADS",
     "ENDED_BETWEEN_ATTEMPTS",
     "ONE_BY_ONE",
@@ -43,11 +50,14 @@ __all__ = [
     "Action",
     "BulkOutcome",
     "ControlOutcome",
+    "DecisionRefused",
     "Outcome",
     "act",
     "actions",
+    "approve_run",
     "pause_schedule",
     "pause_schedules",
+    "reject_run",
     "restart_schedule",
     "restart_schedules",
     "resume_schedule",

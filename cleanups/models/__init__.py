@@ -4,6 +4,7 @@ the task API, never a service."""
 
 from cleanups.contract import INSTANCE_ID_PREFIX
 from cleanups.models.alerts import AlertDelivery
+from cleanups.models.holds import CleanupHold, HoldQuerySet
 from cleanups.models.runs import CleanupRun, RunQuerySet
 from cleanups.models.schedules import (
     MIN_INTERVAL,
@@ -17,8 +18,10 @@ __all__ = [
     "INSTANCE_ID_PREFIX",
     "MIN_INTERVAL",
     "AlertDelivery",
+    "CleanupHold",
     "CleanupRun",
     "CleanupSchedule",
+    "HoldQuerySet",
     "RunQuerySet",
     "ScheduleQuerySet",
     "WorkerHeartbeat",

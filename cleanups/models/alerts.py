@@ -16,6 +16,7 @@ class AlertDelivery(models.Model):
         PAUSED = "paused_after_failures", "Paused after failures"
         STUCK = "stuck_run", "Stuck run restarted"
         TIMED_OUT = "timed_out", "Run timed out"
+        HELD = "run_held", "Run held for approval"
 
     class Status(models.TextChoices):
         DELIVERED = "delivered", "Delivered"

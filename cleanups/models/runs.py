@@ -69,6 +69,7 @@ class CleanupRun(models.Model):
         INTERRUPTED = "interrupted", "Interrupted"
         SKIPPED = "skipped", "Skipped"
         TIMED_OUT = "timed_out", "Timed out"
+        HELD = "held", "Held for approval"
 
     class Trigger(models.TextChoices):
         SCHEDULED = "scheduled", "Scheduled"
@@ -117,11 +118,44 @@ class CleanupRun(models.Model):
     attempts = models.PositiveIntegerField(
         default=1, help_text="Deliveries of this iteration (the engine delivers at least once)."
     )
+    # Safety: the guard's decision, approvals, archives and restores.
+    review = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Held runs: the rule tripped, the counts per target and a sample of the rows "
+        "(shown only to people who may view them).",
+    )
+    approved_by = models.CharField(max_length=150, blank=True)
+    approved_at = models.DateTimeField(null=True, blank=True)
+    approved_rows = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="The most rows the approval lets the run delete."
+    )
+    approval_of = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="approval_runs",
+        help_text="The held run whose approval this run carried out.",
+    )
+    rejected_by = models.CharField(max_length=150, blank=True)
+    rejected_at = models.DateTimeField(null=True, blank=True)
+    archive_parts = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='What went to the archive: [{"name", "rows", "sha256", "bytes"}], per batch.',
+    )
+    restores = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Each restore of its archive: who, when, restored, skipped and failed rows.",
+    )
 
     objects = RunQuerySet.as_manager()
 
     class Meta:
         ordering = ["-started_at", "-pk"]
+        permissions = [("approve_cleanuprun", "Can approve or reject held runs")]
         constraints = [
             # At-least-once delivery: a redelivered iteration must find and update its record.
             models.UniqueConstraint(
@@ -155,9 +189,16 @@ class CleanupRun(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("cleanups:run_detail", args=[self.pk])
 
+    @property
+    def awaits_decision(self) -> bool:
+        """Held, and nobody has approved or rejected it yet."""
+        return self.status == self.Status.HELD and not self.approved_at and not self.rejected_at
+
     def save_counts(self) -> None:
-        """Write its ``items_deleted`` and ``details`` (the task API's context reports its
-        counts through this, inside the batch's transaction)."""
+        """Write its ``items_deleted``, ``details`` and ``archive_parts`` (the task API's
+        context reports through this, inside the batch's transaction)."""
         type(self)._default_manager.filter(pk=self.pk).update(
-            items_deleted=self.items_deleted, details=self.details
+            items_deleted=self.items_deleted,
+            details=self.details,
+            archive_parts=self.archive_parts,
         )

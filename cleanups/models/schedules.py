@@ -127,6 +127,27 @@ class CleanupSchedule(ScheduleValidation, models.Model):
         default=False,
         help_text="Count what each run would delete, and delete nothing.",
     )
+    max_rows_per_run = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="A run that would delete more rows than this is held for approval and "
+        "deletes nothing. Blank: the site's CLEANUP_MAX_ROWS_PER_RUN; 0: no limit.",
+    )
+    max_table_fraction = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="A run that would delete more than this fraction of a table (above 1,000 "
+        "rows) is held for approval, e.g. 0.5 for half. Blank: the site's "
+        "CLEANUP_MAX_TABLE_FRACTION; 0: no limit.",
+    )
+    archive = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text="Write the rows (files: move the files) to the archive storage before they "
+        "are deleted, so that manage.py restorerun can bring them back. Blank: the site's "
+        "CLEANUP_ARCHIVE_BY_DEFAULT.",
+    )
     max_iterations = models.PositiveIntegerField(
         null=True,
         blank=True,
@@ -288,7 +309,31 @@ class CleanupSchedule(ScheduleValidation, models.Model):
             "missed_runs": self.missed_runs,
             "max_retries": self.max_retries,
             "pause_after_failures": self.pause_after_failures,
+            "max_rows_per_run": self.row_limit,
+            "max_table_fraction": self.table_fraction_limit,
+            "archive": self.archives,
         }
+
+    @property
+    def row_limit(self) -> int:
+        """Rows a run may delete without an approval (0: no limit)."""
+        if self.max_rows_per_run is not None:
+            return self.max_rows_per_run
+        return int(settings.CLEANUP_MAX_ROWS_PER_RUN)
+
+    @property
+    def table_fraction_limit(self) -> float:
+        """The fraction of a table a run may delete without an approval (0: no limit)."""
+        if self.max_table_fraction is not None:
+            return self.max_table_fraction
+        return float(settings.CLEANUP_MAX_TABLE_FRACTION)
+
+    @property
+    def archives(self) -> bool:
+        """Whether its runs archive what they delete."""
+        if self.archive is not None:
+            return self.archive
+        return bool(settings.CLEANUP_ARCHIVE_BY_DEFAULT)
 
     @property
     def upcoming_run_at(self) -> datetime | None:

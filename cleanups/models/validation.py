@@ -11,6 +11,7 @@ from django.core.exceptions import ValidationError
 
 from cleanups import cadence
 from cleanups.log import has_control_characters
+from cleanups.tasks.archive import storage_problem
 from cleanups.tasks.registry import get_task
 
 MIN_INTERVAL = cadence.MIN_INTERVAL
@@ -39,6 +40,7 @@ class ScheduleValidation:
     end_at: datetime | None
     max_iterations: int | None
     deletes_as: Any
+    archives: bool
 
     def clean(self) -> None:
         errors: dict[str, list[str]] = {}
@@ -73,6 +75,8 @@ class ScheduleValidation:
             errors.setdefault("max_iterations", []).append(
                 "Leave blank to run forever, or give at least 1."
             )
+        if self.archives and (problem := storage_problem()):
+            errors.setdefault("archive", []).append(problem)
         if errors:
             raise ValidationError(errors)
 

@@ -22,7 +22,7 @@ from cleanups.conf import settings
 from cleanups.contract import WorkerStopping
 from cleanups.engine.ontime import delivery_lost
 from cleanups.models import CleanupRun, CleanupSchedule
-from cleanups.runs import worker
+from cleanups.runs import safety, worker
 from cleanups.runs.missed import handle_missed_slots
 from cleanups.runs.planning import plan_next
 from cleanups.runs.records import (
@@ -31,7 +31,7 @@ from cleanups.runs.records import (
     advance_iteration,
     stop,
 )
-from cleanups.tasks.context import CleanupContext
+from cleanups.tasks.context import CleanupContext, HeldForReview
 from cleanups.tasks.registry import get_task
 
 logger = logging.getLogger("cleanups.runs")
@@ -110,6 +110,7 @@ def execute_iteration(
         {}, dry_run=run.dry_run, run=run, deadline=part_deadline(run.dry_run, deadline)
     )
     message = error = tb = ""
+    held: HeldForReview | None = None
     try:
         task_spec = get_task(schedule.task)
         if task_spec is None:
@@ -119,8 +120,12 @@ def execute_iteration(
         cleanup.params = task_spec.clean_params(schedule.params)
         # Rights change: the editor must still be entitled to every deletion, at every run.
         cleanup.entitlement = task_spec.entitle(cleanup.params, lambda: schedule.deletes_as)
+        safety.arm(cleanup, schedule, run, part)
         message = task_spec.function(cleanup) or ""
         status = Status.SUCCEEDED
+    except HeldForReview as hold:  # the guard: nothing deleted, a person decides
+        status, held = Status.HELD, hold
+        message = f"Held for approval: {hold.reason}. Nothing was deleted."
     except Exception as exc:  # a failing cleanup is a failed run, never a failed loop
         status = Status.FAILED
         detail = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
@@ -160,6 +165,9 @@ def execute_iteration(
     run.error = error
     run.traceback = tb
     fields = ["status", "finished_at", "duration", "message", "error", "traceback"]
+    if held is not None:
+        run.review = held.review
+        fields.append("review")
     # A run timed out meanwhile keeps that status (one marked interrupted by a reconciler that
     # thought its worker dead was not: its outcome stands).
     still_ours = CleanupRun.objects.filter(
@@ -184,6 +192,8 @@ def execute_iteration(
         " dry_run" if run.dry_run else "",
     )
     metrics.run_ended(schedule.name, run)
+    if held is not None:
+        safety.announce_held(schedule, run)
     return plan_next(schedule_id, iteration, run, planned_at)
 
 

@@ -15,11 +15,14 @@ from django.db.models.deletion import (
 )
 
 from cleanups.tasks.context import CleanupContext
+from cleanups.tasks.holds import held_keys
 
 # With no batch size given, batches grow or shrink to take about this long: long enough that
 # per-batch costs vanish, far below what would keep another writer waiting noticeably.
 AUTO_BATCH_SECONDS = 0.05
 AUTO_BATCH_FIRST, AUTO_BATCH_MIN, AUTO_BATCH_MAX = 1000, 100, 100_000
+
+BatchDeleter = Callable[[int], "tuple[int, dict[str, int]]"]
 
 
 def delete_in_batches(
@@ -39,19 +42,46 @@ def delete_in_batches(
     ``batch_size`` fixes the rows per batch; without it the size adapts so that each batch
     takes about AUTO_BATCH_SECONDS.
 
-    In a run, the model is checked against what the schedule's editor may delete first.
+    Safety, in this order: the model is checked against what the schedule's editor may delete;
+    rows under a legal hold (or whose deletion would cascade to held rows) are left alone, the
+    holds read again at every batch; a guarded run counts first and its guard may hold it
+    (nothing deleted); an approved run deletes at most what was approved; with an archiver,
+    each batch's rows (and what cascades from them) are written to a closed archive part
+    before the batch's DELETE commits, and the part is recorded with the batch's counts.
     """
+    model, db = queryset.model, queryset.db
+    label = model._meta.label
     if ctx.entitlement is not None:
-        ctx.entitlement.check(queryset.model)
+        ctx.entitlement.check(model)
+    holds = held_keys(model, db)
+    _count_kept(ctx, queryset, holds)
+    rows = _without(queryset, holds)
     if ctx.dry_run:
-        ctx.would_delete(queryset.model._meta.label, queryset.count())
+        ctx.would_delete(label, rows.count())
         return
-    plan = sql_cascade_plan(queryset)
-    delete_batch = _sql_cascade_batches(queryset, plan) if plan else _collector_batches(queryset)
+    if ctx.guard is not None:
+        counts = {target: done.get("items", 0) for target, done in ctx.targets.items()}
+        counts[label] = counts.get(label, 0) + rows.count()
+        ctx.guard(label, counts, {label: table_rows(model, db)}, lambda: sample_of(rows))
     size = batch_size or AUTO_BATCH_FIRST
+    reasons = [reason for reason, _ in holds]
+    plan = sql_cascade_plan(queryset)
+    delete_batch = _batches(ctx, rows, plan)
     while not ctx.out_of_time():
+        fresh = held_keys(model, db)
+        if [reason for reason, _ in fresh] != reasons:  # a hold came or went: from this batch
+            holds, reasons = fresh, [reason for reason, _ in fresh]
+            _count_kept(ctx, queryset, holds)
+            rows = _without(queryset, holds)
+            delete_batch = _batches(ctx, rows, plan)
+        left = ctx.left_to_delete(label)
+        if left is not None and left < size:
+            if left == 0:
+                ctx.capped = rows.exists()
+                break
+            size = left
         started = time.monotonic()
-        with transaction.atomic(using=queryset.db):
+        with transaction.atomic(using=db):
             taken, counts = delete_batch(size)
             for target, count in counts.items():
                 if count:
@@ -64,7 +94,53 @@ def delete_in_batches(
             size = int(min(max(size * scale, AUTO_BATCH_MIN), AUTO_BATCH_MAX))
 
 
-BatchDeleter = Callable[[int], "tuple[int, dict[str, int]]"]
+def _without(queryset: models.QuerySet[Any], holds: list[tuple[str, Any]]) -> Any:
+    for _, keys in holds:
+        queryset = queryset.exclude(pk__in=keys)
+    return queryset
+
+
+def _count_kept(ctx: CleanupContext, queryset: models.QuerySet[Any], holds: list[Any]) -> None:
+    by_reason: dict[str, list[Any]] = {}
+    for reason, keys in holds:
+        by_reason.setdefault(reason, []).append(keys)
+    for reason, key_sets in by_reason.items():
+        matched = models.Q()
+        for keys in key_sets:
+            matched |= models.Q(pk__in=keys)
+        ctx.kept_by_hold(reason, queryset.filter(matched).count())
+
+
+def _batches(
+    ctx: CleanupContext, rows: models.QuerySet[Any], plan: list[models.ForeignKey] | None
+) -> BatchDeleter:
+    if ctx.archive is not None:
+        return _archived_batches(ctx, rows, plan)
+    return _sql_cascade_batches(rows, plan) if plan else _collector_batches(rows)
+
+
+def table_rows(model: type[models.Model], db: str) -> int:
+    """The rows of ``model``'s table: on PostgreSQL the planner's estimate where it has one (no
+    second scan of a big table), otherwise counted."""
+    connection = connections[db]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                [connection.ops.quote_name(model._meta.db_table)],
+            )
+            found = cursor.fetchone()
+        if found and found[0] > 0:
+            return int(found[0])
+    return model._base_manager.using(db).count()
+
+
+SAMPLE_ROWS = 20
+
+
+def sample_of(rows: models.QuerySet[Any]) -> list[list[str]]:
+    """The first rows (by primary key) a deletion would take: [pk, str()] each."""
+    return [[str(row.pk), str(row)[:200]] for row in rows.order_by("pk")[:SAMPLE_ROWS]]
 
 
 def _collector_batches(queryset: models.QuerySet[Any]) -> BatchDeleter:
@@ -119,27 +195,80 @@ def _sql_cascade_batches(
     queryset: models.QuerySet[Any], plan: list[models.ForeignKey]
 ) -> BatchDeleter:
     model, db = queryset.model, queryset.db
+    ids = queryset.order_by().values_list("pk", flat=True)
+    chunk = connections[db].features.max_query_params or AUTO_BATCH_MAX
+
+    def delete_batch(size: int) -> tuple[int, dict[str, int]]:
+        batch = list(ids[:size])
+        chunks = [batch[start : start + chunk] for start in range(0, len(batch), chunk)]
+        _, counts = _delete_keys(db, model, plan, chunks, model._meta.label)
+        return len(batch), counts
+
+    return delete_batch
+
+
+def _archived_batches(
+    ctx: CleanupContext, rows: models.QuerySet[Any], plan: list[models.ForeignKey] | None
+) -> BatchDeleter:
+    """Batches whose rows, and every row that goes with them, are written to a closed archive
+    part before the DELETE, in the same transaction: the part holds exactly what went, and a
+    part that cannot be written rolls the batch back."""
+    model, db = rows.model, rows.db
+    label = model._meta.label
+    ids = rows.order_by().values_list("pk", flat=True)
+    chunk = connections[db].features.max_query_params or AUTO_BATCH_MAX
+    manager = model._base_manager.using(db)
+
+    def delete_batch(size: int) -> tuple[int, dict[str, int]]:
+        keys = list(ids[:size])
+        if not keys:
+            return 0, {}
+        chunks = [keys[start : start + chunk] for start in range(0, len(keys), chunk)]
+        if plan is not None:
+            # Parents first, then each table that cascades from them.
+            # Locked (PostgreSQL), so that no child row can be added to them meanwhile.
+            groups: list[Any] = [manager.filter(pk__in=part).select_for_update() for part in chunks]
+            for field in plan:
+                dependents = field.model._base_manager.using(db)
+                groups += [dependents.filter(**{f"{field.attname}__in": p}) for p in chunks]
+            ctx.archived(ctx.archive.write_rows(groups, label))
+            # The rows are those ``ids`` gives again: nothing else deletes them meanwhile.
+            return _delete_keys(db, model, plan, chunks, label)
+        collector = Collector(using=db, origin=rows)
+        collector.collect(list(manager.filter(pk__in=keys)))
+        collector.sort()  # children before parents, as it deletes: the archive the other way
+        groups = [
+            list(objects)
+            for m, objects in reversed(collector.data.items())
+            if not m._meta.auto_created
+        ]
+        groups += [list(qs) for qs in collector.fast_deletes if not qs.model._meta.auto_created]
+        ctx.archived(ctx.archive.write_rows(groups, label))
+        _, per_model = collector.delete()
+        return per_model.get(label, 0), per_model
+
+    return delete_batch
+
+
+def _delete_keys(
+    db: str,
+    model: type[models.Model],
+    plan: list[models.ForeignKey],
+    chunks: list[list[Any]],
+    label: str,
+) -> tuple[int, dict[str, int]]:
     connection = connections[db]
     quote = connection.ops.quote_name
-    # Every table to delete from, dependents first: (target, table, column matched to the ids).
     steps = [
         (field.model._meta.label, quote(field.model._meta.db_table), quote(field.column))
         for field in plan
     ]
-    steps.append((model._meta.label, quote(model._meta.db_table), quote(model._meta.pk.column)))
-    ids = queryset.order_by().values_list("pk", flat=True)
-    chunk = connection.features.max_query_params or AUTO_BATCH_MAX
-
-    def delete_batch(size: int) -> tuple[int, dict[str, int]]:
-        batch = list(ids[:size])
-        counts = dict.fromkeys((step[0] for step in steps), 0)
-        with connection.cursor() as cursor:
-            for start in range(0, len(batch), chunk):
-                keys = batch[start : start + chunk]
-                marks = ", ".join(["%s"] * len(keys))
-                for target, table, column in steps:
-                    cursor.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", keys)
-                    counts[target] += cursor.rowcount
-        return len(batch), counts
-
-    return delete_batch
+    steps.append((label, quote(model._meta.db_table), quote(model._meta.pk.column)))
+    counts = dict.fromkeys((step[0] for step in steps), 0)
+    with connection.cursor() as cursor:
+        for keys in chunks:
+            marks = ", ".join(["%s"] * len(keys))
+            for target, table, column in steps:
+                cursor.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", keys)
+                counts[target] += cursor.rowcount
+    return counts[label], counts

@@ -3,6 +3,7 @@ permissions only, a fixed number of queries whatever the number of runs."""
 
 from cleanups.views.dashboard import dashboard, dashboard_status
 from cleanups.views.runs import all_runs, run_detail, schedule_runs
+from cleanups.views.safety import decide, deletion_report
 from cleanups.views.schedules import cadence_preview, schedule_detail
 
 __all__ = [
@@ -10,6 +11,8 @@ __all__ = [
     "cadence_preview",
     "dashboard",
     "dashboard_status",
+    "decide",
+    "deletion_report",
     "run_detail",
     "schedule_detail",
     "schedule_runs",

@@ -21,10 +21,11 @@ from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
 from django.utils.functional import cached_property
 
-from cleanups.formatting import human_duration
+from cleanups.formatting import human_duration, spreadsheet_safe
 from cleanups.forms import RunFilterForm
 from cleanups.models import CleanupRun, CleanupSchedule
 from cleanups.views.access import run_viewer_required
+from cleanups.views.safety import review_context
 
 RUNS_PER_PAGE = 50
 COUNT_CAP = 10_000
@@ -69,18 +70,6 @@ class _Echo:
         return value
 
 
-# A cell starting with one of these is a formula to a spreadsheet (OWASP: CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _as_text(value: object) -> object:
-    """A text cell, with a leading ' if a spreadsheet would otherwise run it as a formula.
-    Numbers, dates and booleans the code writes itself are not str and stay as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return f"'{value}"
-    return value
-
-
 def _csv_response(runs: QuerySet[CleanupRun], filename: str) -> StreamingHttpResponse:
     """The runs as CSV, streamed in chunks: a million rows never sit in memory at once."""
     writer = csv.writer(_Echo())
@@ -93,7 +82,7 @@ def _csv_response(runs: QuerySet[CleanupRun], filename: str) -> StreamingHttpRes
     def rows() -> Iterator[str]:
         yield writer.writerow([name for name, _ in CSV_COLUMNS])
         for run in values.iterator(chunk_size=2000):
-            row = [_as_text(value) for value in run]
+            row = [spreadsheet_safe(value) for value in run]
             duration = row[fields.index("duration")]
             row[fields.index("duration")] = "" if duration is None else duration.total_seconds()
             yield writer.writerow(row)
@@ -170,6 +159,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "run": run,
         "targets": sorted((run.details or {}).get("targets", {}).items()),
         "config": json.dumps(run.config, indent=2, sort_keys=True),
+        **review_context(request, run),
     }
     if request.GET.get("live"):
         # The live part only, while the run is going: its progress without a reload.

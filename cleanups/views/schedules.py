@@ -50,6 +50,9 @@ def schedule_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "chart": run_chart(oldest_first),
         "recent": newest[:20],
         "can_view_runs": can_view_runs(request),
+        "held_runs": schedule.runs.filter(
+            status="held", approved_at__isnull=True, rejected_at__isnull=True
+        ).count(),
     }
     if request.GET.get("live"):
         # The parts that change while the schedule runs: its orchestration and newest runs.

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection
 from django.db.models import QuerySet
@@ -122,6 +123,25 @@ class Command(BaseCommand):
         )
         runs.add_argument("--json", action="store_true", help="A JSON array of objects.")
 
+        for name, verb in (("approve", "Approve"), ("reject", "Reject")):
+            what = (
+                "it runs now, deleting at most what it showed"
+                if name == "approve"
+                else "its schedule is paused"
+            )
+            decide = commands.add_parser(
+                name,
+                help=f"{verb} a held run ({what}), with the admin's checks for --user.",
+            )
+            decide.add_argument("run_id", metavar="RUN_ID", type=positive_int)
+            decide.add_argument(
+                "--user",
+                required=True,
+                metavar="USERNAME",
+                help="Who decides: needs cleanups.approve_cleanuprun (and, under "
+                "CLEANUP_FOUR_EYES, must not be the schedule's last editor).",
+            )
+
         for name, action in control.actions().items():
             sub = commands.add_parser(name, help=action.help, description=action.help)
             which = sub.add_mutually_exclusive_group(required=True)
@@ -139,6 +159,8 @@ class Command(BaseCommand):
             self.list_schedules(as_json=options["json"])
         elif command == "show":
             self.show(_schedule_named(options["name"]), as_json=options["json"])
+        elif command in ("approve", "reject"):
+            self.decide(command, options["run_id"], options["user"])
         elif command == "runs":
             runs = _schedule_named(options["name"]).runs.order_by("-iteration")
             if options["status"]:
@@ -149,6 +171,25 @@ class Command(BaseCommand):
             self.act(command, control.actions(who_asks())[command], selected)
 
     # --- actions ---------------------------------------------------------------------------
+
+    def decide(self, decision: str, run_id: int, username: str) -> None:
+        user = (
+            get_user_model()
+            ._default_manager.filter(**{get_user_model().USERNAME_FIELD: username})
+            .first()
+        )
+        if user is None:
+            raise CommandError(f"No user is named {username!r}.", returncode=EXIT_REFUSED)
+        run = CleanupRun.objects.select_related("schedule").filter(pk=run_id).first()
+        if run is None:
+            raise CommandError(f"No run has the id {run_id}.", returncode=EXIT_REFUSED)
+        try:
+            message = (control.approve_run if decision == "approve" else control.reject_run)(
+                run, user
+            )
+        except control.DecisionRefused as refused:
+            raise CommandError(str(refused), returncode=EXIT_REFUSED) from None
+        self.stdout.write(self.style.SUCCESS(message))
 
     def act(self, name: str, action: Action, queryset: QuerySet[CleanupSchedule]) -> None:
         """A few schedules: each one's outcome. Many: one statement and one message, the engine
