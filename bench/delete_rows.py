@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/delete_rows.py [--rows 1000000] [--parents 200000] [--batch-size 1000]
                                           [--repeat 3] [--sweep [--sweep-sizes 1000,5000,20000]]
-                                          [--variants]
+                                          [--variants] [--archive]
 
 (from the project root; it uses bench.settings, whatever DJANGO_SETTINGS_MODULE or DATABASE_URL
 say, and leaves nothing behind).
@@ -51,12 +51,31 @@ runs which batch sizes would meet both; ``--variants`` measures other ways of do
 ``cleanups.registry.delete_in_batches`` (bench/variants.py), swapped in for the task in this
 process only (the project's files are not touched).
 
+Archive before delete. ``--archive`` also runs delete_old_rows (default batches, and
+``--batch-size``) with the archive on: ``ctx.archive`` is a ``cleanups.tasks.archive.Archiver``
+over a ``FileSystemStorage`` in a new directory of the workspace for each run, so every batch's
+rows (and the rows that cascade from them) are written as a closed gzip JSON Lines part before
+the batch's DELETE commits. The clock above times its batches the same way, so the archive
+write is inside each batch's transaction. The parts are those the deleter records through
+``ctx.archived`` (wrapped in the bench's context only); the time each part's ``write_lines``
+takes is measured by a subclass of the Archiver that only times it. After each run (outside the
+timing) the archive is checked, or the script stops with "CHECK FAILED": each recorded part is
+in the storage with the recorded size and SHA-256, its lines are the recorded row count, and all
+lines together are each deleted row exactly once, per model. The report gives, for each table,
+rows/s with the archive on, off and for the raw DELETE, the ratios archive-on / raw DELETE and
+archive-on / archive-off, the longest transaction with the archive on, and the archive's bytes
+per row (compressed part bytes / rows archived). Targets (the archive on): at least 0.5x the raw
+DELETE's rows/s, no transaction longer than 250 ms.
+
 Stdout is only the Markdown report; progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -77,6 +96,7 @@ import django
 
 django.setup()
 
+from django.core.files.storage import FileSystemStorage
 from django.core.management import call_command
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
@@ -85,9 +105,11 @@ from bench import variants
 from bench.benchapp.models import Child, Parent, PlainRow
 from cleanups import cleanup_tasks
 from cleanups.registry import CleanupContext, get_task
+from cleanups.tasks.archive import Archiver
 
 TARGET_RATIO = 0.7
 TARGET_TRANSACTION_MS = 250.0
+ARCHIVE_TARGET_RATIO = 0.5  # the archive on: of the raw DELETE's rows/s
 CHILDREN_PER_PARENT = 2
 
 db = connections[DEFAULT_DB_ALIAS]
@@ -278,6 +300,102 @@ def check_parents(old: int, cutoff: datetime) -> None:
         fail(f"{children:,} children are left, expected {CHILDREN_PER_PARENT * parents:,}")
 
 
+# The archive ----------------------------------------------------------------------------------
+
+
+class TimedArchiver(Archiver):
+    """The project's Archiver, unchanged, with the time each part's write_lines (gzip and the
+    storage's save; rows are serialized before it, in the batch) takes noted."""
+
+    def __init__(self, prefix: str, storage: FileSystemStorage) -> None:
+        super().__init__(prefix, storage)
+        self.writes: list[float] = []
+
+    def write_lines(self, texts: Any, rows: int, label: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            return super().write_lines(texts, rows, label)
+        finally:
+            self.writes.append(time.perf_counter() - started)
+
+
+class ArchiveProbe:
+    """Turns the archive on for one context at a time, in a new storage directory, and checks
+    afterwards what it wrote (see the module docstring)."""
+
+    def __init__(self, root: Path, tag: str) -> None:
+        self.root, self.tag = root, tag
+        self.runs = 0
+        self.location: Path | None = None
+        self.archiver: TimedArchiver | None = None
+        self.ctx: CleanupContext | None = None
+        self.parts: list[dict[str, Any]] = []
+
+    def attach(self, ctx: CleanupContext) -> None:
+        self.runs += 1
+        self.location = self.root / f"archive-{self.tag}-{self.runs}"
+        self.archiver = TimedArchiver(
+            f"bench/{self.tag}-{self.runs}", FileSystemStorage(location=self.location)
+        )
+        self.ctx, self.parts = ctx, []
+        ctx.archive = self.archiver
+        recorded = ctx.archived
+
+        def archived(part: dict[str, Any]) -> None:
+            self.parts.append(part)
+            recorded(part)
+
+        ctx.archived = archived  # type: ignore[method-assign]  # this context only
+
+    def verify(self, result: Result) -> Result:
+        """Check the run's archive against what it deleted; its figures; then remove it."""
+        if self.archiver is None or self.ctx is None or self.location is None:
+            fail("an archive run left no archiver")
+        storage = self.archiver.storage
+        expected = {label.lower(): c.get("items", 0) for label, c in self.ctx.targets.items()}
+        keys: dict[str, set[Any]] = {}
+        lines = 0
+        for part in self.parts:
+            name = part["name"]
+            if not storage.exists(name):
+                fail(f"archive part {name} was recorded but is not in the storage")
+            with storage.open(name, "rb") as stored:
+                data = stored.read()
+            if len(data) != part["bytes"] or hashlib.sha256(data).hexdigest() != part["sha256"]:
+                fail(f"archive part {name} is not the size or SHA-256 recorded for it")
+            rows = gzip.decompress(data).decode().splitlines()
+            if len(rows) != part["rows"]:
+                fail(f"archive part {name} has {len(rows):,} rows, {part['rows']:,} recorded")
+            for line in rows:
+                row = json.loads(line)
+                seen = keys.setdefault(row["model"], set())
+                if row["pk"] in seen:
+                    fail(f"{row['model']} {row['pk']} is archived twice")
+                seen.add(row["pk"])
+            lines += len(rows)
+        archived = {model: len(pks) for model, pks in keys.items()}
+        if archived != {model: n for model, n in expected.items() if n}:
+            fail(f"archived {archived}, but deleted {expected}")
+        if lines != result["rows"]:
+            fail(f"archived {lines:,} rows, but deleted {int(result['rows']):,}")
+        size = sum(part["bytes"] for part in self.parts)
+        writes = self.archiver.writes
+        say(
+            f"    archive checked: {len(self.parts):,} part(s), {lines:,} rows, {size:,} bytes "
+            f"({size / max(lines, 1):.1f} per row), longest part write "
+            f"{max(writes, default=0.0) * 1000:.1f} ms"
+        )
+        shutil.rmtree(self.location, ignore_errors=True)
+        self.archiver = self.ctx = self.location = None
+        return {
+            "parts": len(self.parts),
+            "archive_rows": lines,
+            "archive_bytes": size,
+            "write_seconds": sum(writes),
+            "longest_write": max(writes, default=0.0),
+        }
+
+
 # Methods --------------------------------------------------------------------------------------
 
 Method = Callable[[], int]  # deletes, returns the number of rows it deleted
@@ -309,9 +427,13 @@ def task_name(batch_size: int | None, prefix: str = "delete_old_rows") -> str:
 
 
 def task_delete(
-    model_label: str, batch_size: int | None, replacement: Callable | None = None
+    model_label: str,
+    batch_size: int | None,
+    replacement: Callable | None = None,
+    archive: ArchiveProbe | None = None,
 ) -> Method:
-    """The delete_old_rows task; with ``replacement``, that instead of delete_in_batches."""
+    """The delete_old_rows task; with ``replacement``, that instead of delete_in_batches; with
+    ``archive``, the archive on (the probe's)."""
 
     def run() -> int:
         task = get_task("delete_old_rows")
@@ -322,6 +444,8 @@ def task_delete(
             given["batch_size"] = batch_size
         params = task.clean_params(given)
         ctx = CleanupContext(params, dry_run=False, run=None, deadline=None)
+        if archive is not None:
+            archive.attach(ctx)
         if replacement is None:
             task.function(ctx)
         else:
@@ -364,11 +488,17 @@ class Case:
         self.title, self.tag = title, tag
         self.workspace, self.template, self.check = workspace, template, check
         self.methods: dict[str, Method] = {}
+        self.after: dict[str, Callable[[Result], Result]] = {}
         self.samples: dict[str, list[Result]] = {}
         self.results: dict[str, Result] = {}
 
-    def add(self, name: str, method: Method) -> None:
+    def add(
+        self, name: str, method: Method, after: Callable[[Result], Result] | None = None
+    ) -> None:
+        """``after``: called once a run is checked (untimed), its figures added to the run's."""
         self.methods.setdefault(name, method)
+        if after is not None:
+            self.after.setdefault(name, after)
 
     def run_all(self, repeat: int) -> None:
         """Every method ``repeat`` times, round-robin, each time on a fresh copy, then checked.
@@ -381,10 +511,17 @@ class Case:
                 self.workspace.fresh_copy(self.template)
                 result = measure(name, method)
                 self.check()
+                if name in self.after:
+                    result.update(self.after[name](result))
                 self.samples.setdefault(name, []).append(result)
         for name, runs in self.samples.items():
             median = sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
-            self.results[name] = {**median, "longest": max(r["longest"] for r in runs)}
+            longest = {
+                key: max(r[key] for r in runs)
+                for key in ("longest", "longest_write")
+                if key in median
+            }
+            self.results[name] = {**median, **longest}
 
     @property
     def raw_rate(self) -> float:
@@ -482,6 +619,51 @@ def batch_size_needed(case: Case, sizes: list[int], names: list[str]) -> list[st
     return lines
 
 
+def archive_table(case: Case, pairs: list[tuple[str, str]]) -> list[str]:
+    """Each (archive off, archive on) pair, after the raw DELETE, with the archive's figures."""
+    lines = [
+        f"**{case.title}**",
+        "",
+        "| method | rows deleted | seconds | rows/s | vs raw DELETE | vs archive off "
+        "| transactions | longest transaction (ms) | parts | archive bytes/row "
+        "| in part writes | longest part write (ms) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    rows = [("raw DELETE", None)]
+    for off, on in pairs:
+        rows += [(off, None), (on, off)]
+    for name, off in rows:
+        r = case.results[name]
+        versus = f"{rate(r) / rate(case.results[off]):.2f}x" if off else ""
+        archive = (
+            f"{int(r['parts']):,} | {r['archive_bytes'] / max(r['archive_rows'], 1):.1f} | "
+            f"{r['write_seconds'] / r['seconds']:.0%} | {r['longest_write'] * 1000:,.1f}"
+            if "parts" in r
+            else " |  |  | "
+        )
+        lines.append(
+            f"| {name} | {int(r['rows']):,} | {r['seconds']:.2f} | {rate(r):,.0f} | "
+            f"{rate(r) / case.raw_rate:.2f}x | {versus} | {int(r['transactions']):,} | "
+            f"{r['longest'] * 1000:,.1f} | {archive} |"
+        )
+    return lines
+
+
+def archive_verdict(case: Case, off: str, on: str) -> str:
+    r = case.results[on]
+    ratio = rate(r) / case.raw_rate
+    fast, short = ratio >= ARCHIVE_TARGET_RATIO, r["longest"] * 1000 <= TARGET_TRANSACTION_MS
+    return (
+        f"- [{case.tag}] {on}: {rate(r):,.0f} rows/s (archive off {rate(case.results[off]):,.0f}, "
+        f"raw DELETE {case.raw_rate:,.0f}); throughput {ratio:.2f}x raw DELETE (target >= "
+        f"{ARCHIVE_TARGET_RATIO}x): {'MET' if fast else 'NOT MET'}; "
+        f"{rate(r) / rate(case.results[off]):.2f}x archive off; longest transaction "
+        f"{r['longest'] * 1000:,.1f} ms (target <= {TARGET_TRANSACTION_MS:.0f} ms): "
+        f"{'MET' if short else 'NOT MET'}; archive "
+        f"{r['archive_bytes'] / max(r['archive_rows'], 1):.1f} bytes/row"
+    )
+
+
 # Main -----------------------------------------------------------------------------------------
 
 
@@ -511,6 +693,12 @@ def main() -> None:
         "--variants",
         action="store_true",
         help="also measure the candidate delete_in_batches replacements in bench/variants.py",
+    )
+    parser.add_argument(
+        "--archive",
+        action="store_true",
+        help="also run delete_old_rows with the archive on (an Archiver over a temporary "
+        "FileSystemStorage), against the archive off and the raw DELETE",
     )
     parser.add_argument(
         "--repeat",
@@ -586,6 +774,10 @@ def run(args: argparse.Namespace, sizes: list[int], workspace: Workspace) -> lis
         for name, function in variants.VARIANTS.items()
         for size in (None, args.batch_size)
     }
+    archived = {
+        off: task_name(size, "delete_old_rows + archive")
+        for off, size in ((default, None), (fixed, args.batch_size))
+    }
     for case in (plain, cascade):
         model = models[case.tag]
         label = model._meta.label
@@ -599,6 +791,10 @@ def run(args: argparse.Namespace, sizes: list[int], workspace: Workspace) -> lis
         if args.variants:
             for name, (function, size) in candidates.items():
                 case.add(name, task_delete(label, size, function))
+        if args.archive:
+            probe = ArchiveProbe(workspace.dir, case.tag)
+            for size, name in ((None, archived[default]), (args.batch_size, archived[fixed])):
+                case.add(name, task_delete(label, size, archive=probe), probe.verify)
         case.run_all(args.repeat)
 
     report: list[str] = [
@@ -631,6 +827,28 @@ def run(args: argparse.Namespace, sizes: list[int], workspace: Workspace) -> lis
             report += [*table(case, ["raw DELETE", default, fixed, *candidates]), ""]
             report += [verdict(case, name) for name in candidates]
             report.append("")
+    if args.archive:
+        report += [
+            "",
+            "**Archive before delete** (delete_old_rows with ctx.archive = an Archiver over a "
+            "FileSystemStorage in a temporary directory: each batch's rows, and what cascades "
+            "from them, written as a closed gzip JSON Lines part inside the batch's transaction; "
+            "bytes/row: compressed part bytes / rows archived; in part writes: the share of the "
+            "run's time spent in Archiver.write_lines: gzip and save)",
+            "",
+        ]
+        for case in (plain, cascade):
+            report += [*archive_table(case, list(archived.items())), ""]
+        report += [
+            f"**Archive targets** (archive on: >= {ARCHIVE_TARGET_RATIO}x raw DELETE rows/s, "
+            f"no transaction > {TARGET_TRANSACTION_MS:.0f} ms)",
+            "",
+        ]
+        report += [
+            archive_verdict(case, off, on)
+            for case in (plain, cascade)
+            for off, on in archived.items()
+        ]
     return report
 
 

@@ -221,8 +221,8 @@ from cleanups.tasks.archive import Archiver
 from tests.testapp.models import Parent
 
 class KilledAfterAPart(Archiver):
-    def write_rows(self, groups, label):
-        part = super().write_rows(groups, label)
+    def write_lines(self, texts, rows, label):
+        part = super().write_lines(texts, rows, label)
         if self.written == 3:
             os.kill(os.getpid(), signal.SIGKILL)  # the part is closed; its DELETE never runs
         return part
@@ -320,3 +320,21 @@ def test_prune_run_history_keeps_archived_and_undecided_held_runs(make_schedule)
     task.function(CleanupContext(task.clean_params({"keep_last": 0, "keep_failed_last": 0})))
     assert set(CleanupRun.objects.values_list("pk", flat=True)) == {archived.pk, held.pk}
     assert not CleanupRun.objects.filter(pk=plain.pk).exists()
+
+
+def test_a_plain_table_archives_from_rows_and_restores_field_by_field(make_schedule, admin_user):
+    old = timezone.now() - 40 * DAY
+    Event.objects.bulk_create(
+        [
+            Event(
+                created_at=old, day=(old - n * DAY).date() if n % 2 else None, kind=k, name=f"é{n}"
+            )
+            for n, k in enumerate(["info", "audit", "debug"] * 400)
+        ]
+    )
+    before = list(Event.objects.order_by("pk").values())
+    done = run(running(make_schedule, model="testapp.Event"))
+    assert done.items_deleted == 1200 and not Event.objects.exists()
+    assert sum(part["rows"] for part in done.archive_parts) == 1200
+    call_command("restorerun", str(done.pk), "--user", admin_user.username)
+    assert list(Event.objects.order_by("pk").values()) == before

@@ -105,6 +105,9 @@ def purge_orchestrations(ctx: CleanupContext) -> str:
         count = instances.count_finished_before(created_before)
         ctx.would_delete("orchestrations", count)
         return f"Would purge {count} orchestration(s)."
+    if ctx.guard is not None:  # counted first, as rows are: the guard may hold the run
+        count = instances.count_finished_before(created_before)
+        ctx.guard("orchestrations", {"orchestrations": count}, {}, list)
     purged = instances.purge_finished_before(created_before)
     ctx.deleted("orchestrations", purged)
     return f"Purged {purged} orchestration(s)."

@@ -25,7 +25,6 @@ from django.core.files.storage import FileSystemStorage, Storage, storages
 from django.core.files.storage.handler import InvalidStorageError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
-from django.db.models import QuerySet
 
 from cleanups.conf import settings
 
@@ -117,25 +116,30 @@ def plain_fields(model: type[models.Model]) -> list[tuple[str, str, Any]] | None
 _encode = FullPrecisionEncoder(ensure_ascii=False).encode  # stateless: shared by threads
 
 
-def _plain_lines(queryset: QuerySet[Any], fields: list[tuple[str, str, Any]]) -> tuple[int, str]:
-    """The lines Django's jsonl serializer writes for ``queryset``, from its rows."""
-    model = queryset.model._meta.concrete_model._meta
-    label = f"{model.app_label}.{model.model_name}"
+def lines_of(model: type[models.Model], fields: list[tuple[str, str, Any]], rows: Any) -> str:
+    """The lines Django's jsonl serializer writes for ``rows``: tuples (pk, *attnames of
+    ``fields``) of ``model``, as a query reads them."""
+    opts = model._meta.concrete_model._meta
+    label = f"{opts.app_label}.{opts.model_name}"
     names = [name for name, _, _ in fields]
     converts = [(index, convert) for index, (_, _, convert) in enumerate(fields) if convert]
     lines = []
-    for row in queryset.values_list("pk", *(attname for _, attname, _ in fields)):
+    for row in rows:
         values = list(row[1:])
         for index, convert in converts:
             if values[index] is not None:
                 values[index] = convert(values[index])
-        pk = row[0]
-        if isinstance(pk, uuid.UUID):
-            pk = str(pk)
+        pk = str(row[0]) if isinstance(row[0], uuid.UUID) else row[0]
         lines.append(
             _encode({"model": label, "pk": pk, "fields": dict(zip(names, values, strict=True))})
         )
-    return len(lines), "".join(line + "\n" for line in lines)
+        lines.append("\n")
+    return "".join(lines)
+
+
+def columns(fields: list[tuple[str, str, Any]]) -> list[str]:
+    """What a query reads for ``lines_of``: the primary key, then each field's column."""
+    return ["pk", *(attname for _, attname, _ in fields)]
 
 
 class Archiver:
@@ -152,20 +156,21 @@ class Archiver:
         return f"{self.prefix}/{os.getpid()}-{self.written:05d}-{what}"
 
     def write_rows(self, groups: Iterable[Iterable[models.Model]], label: str) -> dict[str, Any]:
-        """Write a part of ``groups`` (parents first), closed before this returns: its
+        """Write a part of ``groups`` of model instances (parents first) through Django's
+        serializer: see ``write_lines``."""
+        texts, rows = [], 0
+        for objects in groups:
+            instances = list(objects)
+            rows += len(instances)
+            texts.append(serializers.serialize("jsonl", instances, cls=FullPrecisionEncoder))
+        return self.write_lines(texts, rows, label)
+
+    def write_lines(self, texts: Iterable[str], rows: int, label: str) -> dict[str, Any]:
+        """Write a part of serialized lines (parents first), closed before this returns: its
         name, rows, bytes and SHA-256. Raises OSError (or the storage's error) if it cannot."""
         buffer = io.BytesIO()
-        rows = 0
         with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as out:
-            for objects in groups:
-                fields = plain_fields(objects.model) if isinstance(objects, QuerySet) else None
-                if fields is not None:
-                    count, text = _plain_lines(objects, fields)
-                else:
-                    instances = list(objects)
-                    count = len(instances)
-                    text = serializers.serialize("jsonl", instances, cls=FullPrecisionEncoder)
-                rows += count
+            for text in texts:
                 out.write(text.encode())
         data = buffer.getvalue()
         name = self.storage.save(self._name(f"{label.lower()}.jsonl.gz"), ContentFile(data))

@@ -14,6 +14,7 @@ from django.db.models.deletion import (
     get_candidate_relations_to_delete,
 )
 
+from cleanups.tasks.archive import columns, lines_of, plain_fields
 from cleanups.tasks.context import CleanupContext
 from cleanups.tasks.holds import held_keys
 
@@ -214,6 +215,58 @@ def _archived_batches(
     part before the DELETE, in the same transaction: the part holds exactly what went, and a
     part that cannot be written rolls the batch back."""
     model, db = rows.model, rows.db
+    if plan is None and Collector(using=db, origin=rows).can_fast_delete(rows):
+        plan = []  # nothing depends on the rows: deleted by key, as a cascade of nothing
+    fields = plain_fields(model)
+    dependents = [(field, plain_fields(field.model)) for field in plan or []]
+    if plan is not None and fields is not None and all(f for _, f in dependents):
+        return _rows_archived_batches(ctx, rows, plan, fields, dependents)
+    return _instances_archived_batches(ctx, rows, plan)
+
+
+def _rows_archived_batches(
+    ctx: CleanupContext,
+    rows: models.QuerySet[Any],
+    plan: list[models.ForeignKey],
+    fields: list[Any],
+    dependents: list[tuple[models.ForeignKey, Any]],
+) -> BatchDeleter:
+    """Every table involved written from rows as read (no model instances): each batch's
+    rows read once, with their keys, then the rows that cascade from them, then the DELETEs."""
+    model, db = rows.model, rows.db
+    label = model._meta.label
+    connection = connections[db]
+    chunk = connection.features.max_query_params or AUTO_BATCH_MAX
+    reader = rows.order_by().values_list(*columns(fields))
+    if connection.vendor == "postgresql":
+        # Locked, so that no child row can be added to them before the DELETE.
+        reader = reader.select_for_update()
+
+    def delete_batch(size: int) -> tuple[int, dict[str, int]]:
+        batch = list(reader[:size])
+        if not batch:
+            return 0, {}
+        keys = [row[0] for row in batch]
+        chunks = [keys[start : start + chunk] for start in range(0, len(keys), chunk)]
+        texts, count = [lines_of(model, fields, batch)], len(batch)
+        for field, child_fields in dependents:
+            children = field.model._base_manager.using(db).values_list(*columns(child_fields))
+            for part in chunks:
+                found = list(children.filter(**{f"{field.attname}__in": part}))
+                texts.append(lines_of(field.model, child_fields, found))
+                count += len(found)
+        ctx.archived(ctx.archive.write_lines(texts, count, label))
+        return _delete_keys(db, model, plan, chunks, label)
+
+    return delete_batch
+
+
+def _instances_archived_batches(
+    ctx: CleanupContext, rows: models.QuerySet[Any], plan: list[models.ForeignKey] | None
+) -> BatchDeleter:
+    """Through model instances and Django's serializer: a field it must convert itself, or
+    (no plan) what only Django's collector deletes correctly."""
+    model, db = rows.model, rows.db
     label = model._meta.label
     ids = rows.order_by().values_list("pk", flat=True)
     chunk = connections[db].features.max_query_params or AUTO_BATCH_MAX
@@ -225,14 +278,13 @@ def _archived_batches(
             return 0, {}
         chunks = [keys[start : start + chunk] for start in range(0, len(keys), chunk)]
         if plan is not None:
-            # Parents first, then each table that cascades from them.
-            # Locked (PostgreSQL), so that no child row can be added to them meanwhile.
+            # Parents first, then each table that cascades from them; locked (PostgreSQL),
+            # so that no child row can be added to them meanwhile.
             groups: list[Any] = [manager.filter(pk__in=part).select_for_update() for part in chunks]
             for field in plan:
-                dependents = field.model._base_manager.using(db)
-                groups += [dependents.filter(**{f"{field.attname}__in": p}) for p in chunks]
+                children = field.model._base_manager.using(db)
+                groups += [children.filter(**{f"{field.attname}__in": p}) for p in chunks]
             ctx.archived(ctx.archive.write_rows(groups, label))
-            # The rows are those ``ids`` gives again: nothing else deletes them meanwhile.
             return _delete_keys(db, model, plan, chunks, label)
         collector = Collector(using=db, origin=rows)
         collector.collect(list(manager.filter(pk__in=keys)))
