@@ -21,8 +21,10 @@ from django.utils import timezone
 from cleanups import alerts, control, webhooks
 from cleanups.durable.reconciler import Reconciler
 from cleanups.models import AlertDelivery, CleanupRun, CleanupSchedule
+from cleanups.runs.execute import execute_iteration
 from tests.conftest import form_data, runs_of, wait_for_clock, wait_until, waiting
 from tests.testapp.cleanup_tasks import FLAKY_FAILURES
+from tests.testapp.models import Event
 
 SITE = "http://cleanups.test"
 ADD = "admin:cleanups_cleanupschedule_add"
@@ -657,3 +659,25 @@ def test_a_schedule_declared_in_code_lists_its_webhooks_and_they_are_checked(set
     settings.CLEANUP_SCHEDULES = {"nightly": {**definition, "alert_webhooks": ["http://10.0.0.1/"]}}
     with pytest.raises(declared.DeclarationError, match=r"10\.0\.0\.1 is an internal address"):
         declared.sync()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_held_run_is_alerted_to_the_schedules_webhooks(make_schedule, hook):
+    old = timezone.now() - timedelta(days=40)
+    Event.objects.bulk_create([Event(created_at=old) for _ in range(1500)])
+    schedule = make_schedule(
+        desired_state=CleanupSchedule.DesiredState.RUNNING,
+        task="delete_old_rows",
+        params={"model": "testapp.Event", "field": "created_at", "older_than_days": 30},
+        interval=timedelta(hours=1),
+        alert_webhooks=[hook.url("/hook")],
+    )
+    execute_iteration(schedule.pk, 1)
+    held = CleanupRun.objects.get(schedule=schedule, iteration=1)
+    assert held.status == "held"
+    assert alerts.flush(20)
+    assert hook.events("/hook") == ["run_held"]
+    body = hook.received("/hook")[0]["body"]
+    assert body["run"]["id"] == held.pk and body["run"]["status"] == "held"
+    assert "is held for approval and deleted nothing" in body["summary"]
+    assert body["url"] == f"{SITE}/runs/{held.pk}/"
