@@ -169,7 +169,7 @@ def _delete_files_under(
             if not stat.S_ISREG(info.st_mode) or info.st_mtime >= cutoff:
                 continue
             path = os.path.normpath(os.path.join(root, dirpath, name))
-            reason = next((why for why, top in held if _under(path, top)), None)
+            reason = holds.held_reason(path, held)
             if reason is not None:
                 kept[reason] = kept.get(reason, 0) + 1
                 continue
@@ -200,10 +200,6 @@ def _delete_files_under(
 
 
 SAMPLE_FILES = 20
-
-
-def _under(path: str, top: Path) -> bool:
-    return path == str(top) or path.startswith(str(top).rstrip("/") + "/")
 
 
 def _delete_file(ctx: CleanupContext, name: str, dir_fd: int, path: str) -> bool:

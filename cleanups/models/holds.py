@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from cleanups.log import has_control_characters
 from cleanups.tasks.filters import validate_filter
+from cleanups.tasks.holds import within
 
 
 class HoldQuerySet(models.QuerySet["CleanupHold"]):
@@ -83,11 +84,7 @@ class CleanupHold(models.Model):
         return Q(**(self.filter or {}))
 
     def covers_path(self, path: str | Path) -> bool:
-        if not self.directory:
-            return False
-        root = Path(self.directory).resolve()
-        real = Path(path)
-        return real == root or root in real.parents
+        return bool(self.directory) and within(path, Path(self.directory).resolve())
 
     def clean(self) -> None:
         errors: dict[str, list[str]] = {}

@@ -58,10 +58,15 @@ def notify_failure(schedule: CleanupSchedule, run: CleanupRun) -> None:
         f"The cleanup task {run.task!r} failed:\n\n{run.error}\n\n{run.traceback}\n"
         "You get this once per streak of failures; the next success resets it."
     )
+    send_notice(schedule, subject, body, "failure notice")
+
+
+def send_notice(schedule: CleanupSchedule, subject: str, body: str, what: str) -> None:
+    """Mail the schedule's notify_email, or the site's ADMINS; never raises."""
     try:
         if schedule.notify_email:
             send_mail(subject, body, None, [schedule.notify_email])
         else:
             mail_admins(subject, body)
     except Exception as error:  # a mail server being down must not stop the schedule
-        logger.warning("could not send the failure notice for %s: %s", schedule.name, error)
+        logger.warning("could not send the %s for %s: %s", what, schedule.name, error)

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from django.core.mail import mail_admins, send_mail
-from django.db.models import Q
-
 from cleanups import alerts
 from cleanups.models import CleanupRun, CleanupSchedule
+from cleanups.runs.failures import send_notice
 from cleanups.runs.guard import allowance, guard_for
 from cleanups.tasks.archive import Archiver, storage_problem
 from cleanups.tasks.context import CleanupContext
@@ -55,7 +53,7 @@ def take_approval(schedule: CleanupSchedule, run: CleanupRun) -> CleanupRun | No
     ran_with, now = pending.config or {}, run.config or {}
     if (ran_with.get("task"), ran_with.get("params")) != (now.get("task"), now.get("params")):
         return None
-    claimed = CleanupRun.objects.filter(pk=run.pk).filter(Q(approval_of__isnull=True))
+    claimed = CleanupRun.objects.filter(pk=run.pk, approval_of__isnull=True)
     if not claimed.update(
         approval_of=pending,
         approved_by=pending.approved_by,
@@ -78,10 +76,4 @@ def announce_held(schedule: CleanupSchedule, run: CleanupRun) -> None:
         f"{run.message}\n\nApprove or reject it in the admin ({alerts.site_url(run.get_absolute_url())}) "
         "or with `manage.py schedules approve|reject RUN_ID`. The schedule goes on waiting."
     )
-    try:
-        if schedule.notify_email:
-            send_mail(subject, body, None, [schedule.notify_email])
-        else:
-            mail_admins(subject, body)
-    except Exception as error:  # a mail server being down must not stop the schedule
-        logger.warning("could not send the held-run notice for %s: %s", schedule.name, error)
+    send_notice(schedule, subject, body, "held-run notice")

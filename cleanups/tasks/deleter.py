@@ -198,11 +198,12 @@ def _sql_cascade_batches(
     model, db = queryset.model, queryset.db
     ids = queryset.order_by().values_list("pk", flat=True)
     chunk = connections[db].features.max_query_params or AUTO_BATCH_MAX
+    steps = _cascade_steps(db, model, plan)
 
     def delete_batch(size: int) -> tuple[int, dict[str, int]]:
         batch = list(ids[:size])
         chunks = [batch[start : start + chunk] for start in range(0, len(batch), chunk)]
-        _, counts = _delete_keys(db, model, plan, chunks, model._meta.label)
+        _, counts = _delete_keys(db, steps, chunks, model._meta.label)
         return len(batch), counts
 
     return delete_batch
@@ -238,6 +239,7 @@ def _rows_archived_batches(
     connection = connections[db]
     chunk = connection.features.max_query_params or AUTO_BATCH_MAX
     reader = rows.order_by().values_list(*columns(fields))
+    steps = _cascade_steps(db, model, plan)
     if connection.vendor == "postgresql":
         # Locked, so that no child row can be added to them before the DELETE.
         reader = reader.select_for_update()
@@ -256,7 +258,7 @@ def _rows_archived_batches(
                 texts.append(lines_of(field.model, child_fields, found))
                 count += len(found)
         ctx.archived(ctx.archive.write_lines(texts, count, label))
-        return _delete_keys(db, model, plan, chunks, label)
+        return _delete_keys(db, steps, chunks, label)
 
     return delete_batch
 
@@ -271,6 +273,7 @@ def _instances_archived_batches(
     ids = rows.order_by().values_list("pk", flat=True)
     chunk = connections[db].features.max_query_params or AUTO_BATCH_MAX
     manager = model._base_manager.using(db)
+    steps = _cascade_steps(db, model, plan) if plan is not None else []
 
     def delete_batch(size: int) -> tuple[int, dict[str, int]]:
         keys = list(ids[:size])
@@ -285,7 +288,7 @@ def _instances_archived_batches(
                 children = field.model._base_manager.using(db)
                 groups += [children.filter(**{f"{field.attname}__in": p}) for p in chunks]
             ctx.archived(ctx.archive.write_rows(groups, label))
-            return _delete_keys(db, model, plan, chunks, label)
+            return _delete_keys(db, steps, chunks, label)
         collector = Collector(using=db, origin=rows)
         collector.collect(list(manager.filter(pk__in=keys)))
         collector.sort()  # children before parents, as it deletes: the archive the other way
@@ -302,22 +305,25 @@ def _instances_archived_batches(
     return delete_batch
 
 
-def _delete_keys(
-    db: str,
-    model: type[models.Model],
-    plan: list[models.ForeignKey],
-    chunks: list[list[Any]],
-    label: str,
-) -> tuple[int, dict[str, int]]:
-    connection = connections[db]
-    quote = connection.ops.quote_name
+Steps = list[tuple[str, str, str]]
+
+
+def _cascade_steps(db: str, model: type[models.Model], plan: list[models.ForeignKey]) -> Steps:
+    """Every table a batch deletes from, dependents first: (target, table, key column)."""
+    quote = connections[db].ops.quote_name
     steps = [
         (field.model._meta.label, quote(field.model._meta.db_table), quote(field.column))
         for field in plan
     ]
-    steps.append((label, quote(model._meta.db_table), quote(model._meta.pk.column)))
+    steps.append((model._meta.label, quote(model._meta.db_table), quote(model._meta.pk.column)))
+    return steps
+
+
+def _delete_keys(
+    db: str, steps: Steps, chunks: list[list[Any]], label: str
+) -> tuple[int, dict[str, int]]:
     counts = dict.fromkeys((step[0] for step in steps), 0)
-    with connection.cursor() as cursor:
+    with connections[db].cursor() as cursor:
         for keys in chunks:
             marks = ", ".join(["%s"] * len(keys))
             for target, table, column in steps:

@@ -70,10 +70,12 @@ def held_keys(
     return found
 
 
-def kept_paths(path: str | Path) -> str | None:
-    """The reason of a directory hold covering ``path`` (a resolved path), or None."""
-    real = Path(path)
-    for reason, root in source().directory_holds():
-        if real == root or root in real.parents:
-            return reason
-    return None
+def within(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path`` is ``root`` or lies below it (both resolved paths)."""
+    path, root = Path(path), Path(root)
+    return path == root or root in path.parents
+
+
+def held_reason(path: str | Path, held: list[tuple[str, Path]]) -> str | None:
+    """The reason of the first of the directory holds ``held`` covering ``path``, or None."""
+    return next((reason for reason, root in held if within(path, root)), None)
