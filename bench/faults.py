@@ -3,12 +3,29 @@
 killed, the engine is stopped and restarted and operators act; then every guarantee is counted.
 
     .venv/bin/python bench/faults.py [--seconds 600] [--schedules 50] [--seed N] [--settle 30]
+                                     [--database sqlite|postgres] [--database-faults]
                                      [--keep] [--recheck DIR]
 
-(from the project root; it makes its own SQLite database in a new temporary directory, whatever
-DATABASE_URL or DJANGO_SETTINGS_MODULE say, and leaves nothing behind unless ``--keep``, which
-also keeps what the checks read, so that ``--recheck DIR`` can run them again after a check
-changed).
+(from the project root; it makes its own database, whatever DATABASE_URL or
+DJANGO_SETTINGS_MODULE say: SQLite in a new temporary directory, or with ``--database
+postgres`` a throwaway PostgreSQL server of its own as the suite's (bench/pgserver.py; every
+commit it acknowledges kept, since it may be crashed). It leaves nothing behind unless
+``--keep``, which also keeps what the checks read, so that ``--recheck DIR`` can run them again
+after a check changed).
+
+``--database-faults`` adds the database's own faults to the repertoire (bench/faultbench/
+dbfaults.py): on PostgreSQL the server restarted ``fast`` or ``immediate`` (a crash) for 1 to 4
+s, every session of the database ended with ``pg_terminate_backend``, the sessions table locked
+``IN SHARE MODE`` for 3 to 6 s (longer than CLEANUP_LOCK_TIMEOUT_MS), the server's
+statement_timeout (25 ms) and idle_in_transaction_session_timeout (0.5 s) for 3 to 8 s; on
+SQLite the write lock held by another connection past the busy timeout (SQLITE_TIMEOUT 3 s
+here). Each is a fault
+window as an engine fault is, and the operator waits it out. With it come two row-deleting
+schedules (``expired_sessions``, batches of 5, every 1 and 2 s) and a feeder that makes 10
+sessions every 0.5 s expiring from 3 s ago to 15 s ahead; the invariant ``rows_miscounted``
+checks that the runs' counts add up to the rows that went, and that no row went before it
+expired. A 503 "Database unavailable" page during a database fault (or up to 5 s after) is
+the site's answer, not a 500.
 
 Set-up. Every process reads the project's own settings (``cleanupsite.settings``, DEBUG on, a
 bench secret key, no .env) with ``RECONCILE_INTERVAL=1`` and the default missed-run grace (2 s).
@@ -101,6 +118,7 @@ itself failed (a worker would not start).
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import sys
@@ -108,6 +126,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+# The database is chosen before the bench's environment is set up (on its first import).
+_early = argparse.ArgumentParser(add_help=False)
+_early.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+os.environ["FAULTS_DATABASE"] = _early.parse_known_args()[0].database
 
 # bench.faultbench sets up the environment and Django when first imported (its __init__);
 # django.db's connections are lazy, so importing them first is harmless.
@@ -148,6 +171,18 @@ def main() -> int:
         "settling to end (%(default)s)",
     )
     parser.add_argument(
+        "--database",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="SQLite in a temporary directory, or a throwaway PostgreSQL server (%(default)s)",
+    )
+    parser.add_argument(
+        "--database-faults",
+        action="store_true",
+        help="the database's faults too (restarts, dropped connections, held locks), and "
+        "row-deleting schedules whose counts are checked against the rows that went",
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help="keep the database, the logs, actions.jsonl and what the checks read",
@@ -169,7 +204,8 @@ def main() -> int:
         seed = args.seed if args.seed is not None else random.randrange(1_000_000)
         print(
             f"seed {seed} (replay: .venv/bin/python bench/faults.py --seconds {args.seconds:g} "
-            f"--schedules {args.schedules} --settle {args.settle:g} --seed {seed})",
+            f"--schedules {args.schedules} --settle {args.settle:g} --database {args.database}"
+            f"{' --database-faults' if args.database_faults else ''} --seed {seed})",
             flush=True,
         )
         say(f"seed {seed}")

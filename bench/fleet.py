@@ -976,7 +976,7 @@ def report(
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"bench/fleet.py: {message}\n")  # one line, not the usage
+        self.exit(2, f"bench/{self.prog}: {message}\n")  # one line, not the usage
 
 
 def interval_seconds(value: str) -> float:

@@ -178,6 +178,8 @@ def fill_schedules(count: int, now: datetime) -> None:
                 "",  # managed_by: made in the admin
                 "",  # declared_state
                 "[]",  # alert_webhooks
+                False,  # vacuum
+                when(now - timedelta(days=1)),  # changed_at
             )
 
     columns = [
@@ -211,6 +213,8 @@ def fill_schedules(count: int, now: datetime) -> None:
         "managed_by",
         "declared_state",
         "alert_webhooks",
+        "vacuum",
+        "changed_at",
     ]
     insert(CleanupSchedule._meta.db_table, columns, rows(), count, "schedules")
 
@@ -243,6 +247,8 @@ RUN_COLUMNS = [
     "rejected_by",
     "archive_parts",
     "restores",
+    # Kind to the database: never held back.
+    "throttled_seconds",
 ]
 
 
@@ -328,6 +334,7 @@ def fill_runs(
                     "",
                     "[]",
                     "[]",
+                    0.0,
                 )
 
     if todo:

@@ -1,16 +1,23 @@
 # ruff: noqa: E402 (the project root goes on sys.path before the project's imports)
-"""Many waiting schedules on one runworker: the admin's actions on all of them, a single start,
-and what the worker costs while they all wait.
+"""Many waiting schedules on one runworker (or several): the admin's actions on all of them, a
+single start, what the workers cost while they all wait, the engine calls every process makes,
+and how long the reconciler's election takes to replace a reconciler that was killed.
 
-    .venv/bin/python bench/waiting.py [--schedules 10000] [--database sqlite|postgres]
-                                      [--bulk-start-rate 0]
+    .venv/bin/python bench/waiting.py [--schedules 10000] [--workers 1]
+                                      [--engine in-process|separate]
+                                      [--database sqlite|postgres] [--bulk-start-rate 0]
+                                      [--quiet 60]
 
 (from the project root; its own database in a new temporary directory, as bench/fleet.py makes
 it, whose set-up, processes and /proc sampling it reuses; ``--database postgres`` needs
 ``BENCH_DATABASE_URL`` as there).
 
 What it does. ``--schedules`` stopped schedules of the ``sample`` task (no work), every hour,
-fixed rate, missed runs ``run_once``; one ``manage.py runworker`` hosting the embedded engine.
+fixed rate, missed runs ``run_once``; ``--workers`` ``manage.py runworker`` processes against
+one engine, each with a ``--metrics-port``. ``--engine in-process`` (the default): the first
+one hosts the embedded engine, as ``bin/run`` does, and the others connect to it with
+``ENDPOINT=http://127.0.0.1:<port>``; ``--engine separate``: the engine runs alone in a process
+of its own (``bench/fleet.py --role engine``) and every runworker connects to it.
 A superuser ticks "select all" in the admin's schedule list and posts **Start selected
 schedules**: that request's time is "start request"; "every orchestration live" is from that
 request's start until the engine has every one of them running (polled each second), "every
@@ -18,13 +25,22 @@ first run started" until every schedule's first run has started: with ``--bulk-s
 (the default here, not the project's 20 a second) all are planned at the click, a herd the
 worker gets through as fast as it runs them, and "all waiting
 after" until every one of them has finished and the worker is left with nothing but timers.
-Then, with the whole fleet waiting for its next run an hour away, the worker's threads and RSS
-(VmRSS) are sampled every 0.2 s for ``--quiet`` s (the most seen is reported), beside the peak
-(VmHWM, threads) over the whole bench. Then "select all" -> **Pause selected schedules** and
+Then, with the whole fleet waiting for its next run an hour away, the workers' threads and RSS
+(VmRSS) are sampled every 0.2 s for ``--quiet`` s (the most any one showed is reported), beside
+the peak (VmHWM, threads) over the whole bench. Over the same window, the engine calls each
+process made (``cleanups_engine_requests_total``: each runworker's from its --metrics-port, this
+process's from its own registry; this process is the web process here) are shown per minute by
+method; a window as long as ``RECONCILE_SWEEP_SECONDS`` (``--quiet 300``) includes a sweep. Then
+a window as long, during which one schedule in ten is paused through the admin at its start and
+resumed at its middle: the same table. Then "select all" -> **Pause selected schedules** and
 -> **Resume selected schedules** (request times; each until the engine agrees: every
-orchestration suspended, then running again). Last, ``--singles`` more stopped schedules are
+orchestration suspended, then running again). Then ``--singles`` more stopped schedules are
 started one at a time with ``control.start_schedule`` from this process (a web process's own
-call, one engine round trip each, with the fleet waiting): p50 and max of that call.
+call, one engine round trip each, with the fleet waiting): p50 and max of that call. Last,
+failover (two workers or more): the worker that holds the reconciler's lease (``ReconcilerLease``)
+gets SIGKILL, and the time until another live worker holds it is reported. With ``--engine
+in-process`` the reconciler is usually the worker that hosts the engine, whose death would take
+the engine with it: then the report says so, and ``--engine separate`` measures it.
 
 Stdout: the Markdown report, then ``RESULT {json}``; progress on stderr. Exit status 0 when
 every phase finished, 1 when one did not in time, 2 on a bad flag or a bench failure.
@@ -48,106 +64,63 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import fleet
-from bench.fleet import RUNWORKER_READY, BenchError, Child, Sampler, say
-from cleanups.management.arguments import positive_int
+from bench import engine_calls, fleet
+from bench.fleet import BenchError, Child, Sampler, say
+from bench.waiting_fleet import (
+    INTERVAL,
+    call_readers,
+    current,
+    engine_statuses,
+    post_action,
+    single_starts,
+    start_workers,
+    stop_all,
+    wait_for,
+)
+from cleanups.management.arguments import positive_float, positive_int
 
-INTERVAL = 3600.0  # the fleet's next run is an hour away: between its first run and the end,
-# every schedule waits on its timer and nothing else.
-PHASE_TIMEOUT = 900.0
-
-
-def current(pid: int) -> dict[str, int]:
-    """VmRSS (kB) and Threads now."""
-    text = Path(f"/proc/{pid}/status").read_text()
-    found = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "Threads"):
-            found[key] = int(value.split()[0])
-    return found
+RECONCILE_INTERVAL = float(fleet.PINNED_ENV["RECONCILE_INTERVAL"])
 
 
-def post_action(user: Any, action: str) -> float:
-    """The admin's ``action`` on "select all" across pages; the request's time (s)."""
-    from django.test import Client
-    from django.urls import reverse
+def waiting_window(
+    args: argparse.Namespace, workers: dict[str, Child], window: engine_calls.Window
+) -> dict[str, Any]:
+    """The fleet waits for ``--quiet`` s: the most threads and RSS any worker showed, and every
+    process's engine calls."""
+    most_threads, most_rss = 0, 0
+    window.begin()
+    quiet_until = time.monotonic() + args.quiet
+    while time.monotonic() < quiet_until:
+        for child in workers.values():
+            now = current(child.pid)
+            most_threads = max(most_threads, now["Threads"])
+            most_rss = max(most_rss, now["VmRSS"])
+        time.sleep(fleet.SAMPLE_EVERY)
+    return {
+        "waiting_threads": most_threads,
+        "waiting_rss_mb": round(most_rss / 1024, 1),
+        "calls_waiting": window.end(),
+    }
 
+
+def churn_window(args: argparse.Namespace, user: Any, window: engine_calls.Window) -> Any:
+    """``--quiet`` s during which one schedule in ten is paused (at the start) and resumed (at
+    the middle) through the admin: every process's engine calls."""
     from cleanups.models import CleanupSchedule
 
-    client = Client()
-    client.force_login(user)
-    url = reverse("admin:cleanups_cleanupschedule_changelist")
-    if client.get(url).status_code != 200:
-        raise BenchError("the admin's schedule list did not answer 200")
-    one = CleanupSchedule.objects.order_by("pk").values_list("pk", flat=True).first()
-    data = {"action": action, "select_across": "1", "index": "0", "_selected_action": [str(one)]}
-    clock = time.perf_counter()
-    response = client.post(url, data)
-    took = time.perf_counter() - clock
-    if response.status_code != 302:
-        raise BenchError(f"the admin's {action} answered {response.status_code}")
-    return took
-
-
-def wait_for(count: Any, target: int, what: str, worker: Child, every: float = 0.25) -> bool:
-    deadline = time.monotonic() + PHASE_TIMEOUT
-    last = -1
-    while time.monotonic() < deadline:
-        worker.check_alive()
-        seen = count()
-        if seen != last:
-            say(f"  {what}: {seen}/{target}")
-            last = seen
-        if seen >= target:
-            return True
-        time.sleep(every)
-    say(f"  {what}: only {last}/{target} after {PHASE_TIMEOUT:.0f} s")
-    return False
-
-
-def engine_statuses() -> dict[str, int]:
-    """How many of the fleet's orchestrations the engine has in each status."""
-    from cleanups.instances import fetch_runtime_states, runtime_status_label
-    from cleanups.models import CleanupSchedule
-
-    fleet_ids = list(
-        CleanupSchedule.objects.filter(name__startswith="fleet-").values_list(
-            "instance_id", flat=True
-        )
-    )
-    states = fetch_runtime_states(fleet_ids)
-    counts: dict[str, int] = {}
-    for instance_id in fleet_ids:
-        label = runtime_status_label(states.get(instance_id))
-        counts[label] = counts.get(label, 0) + 1
-    return counts
-
-
-def single_starts(user: Any, count: int) -> list[float]:
-    """``control.start_schedule`` on ``count`` new schedules, one at a time (ms each)."""
-    from datetime import timedelta
-
-    from cleanups import control
-    from cleanups.models import INSTANCE_ID_PREFIX, CleanupSchedule
-
-    took = []
-    for n in range(count):
-        schedule = CleanupSchedule.objects.create(
-            name=f"single-{n:03}",
-            task="sample",
-            params={"seconds": 0},
-            interval=timedelta(seconds=INTERVAL),
-            changed_by=user,
-        )
-        schedule.instance_id = f"{INSTANCE_ID_PREFIX}{schedule.pk}"
-        schedule.save(update_fields=["instance_id"])
-        clock = time.perf_counter()
-        outcome = control.start_schedule(schedule)
-        took.append((time.perf_counter() - clock) * 1000)
-        if outcome.outcome is not control.Outcome.STARTED:
-            raise BenchError(f"a single start answered {outcome.outcome.value}: {outcome.message}")
-    return took
+    pks = list(
+        CleanupSchedule.objects.filter(name__startswith="fleet-")
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )[::10]
+    say(f"{len(pks)} schedules (one in ten) paused and resumed over {args.quiet:.0f} s")
+    window.begin()
+    began = time.monotonic()
+    post_action(user, "pause_schedules", pks)
+    time.sleep(max(0.0, began + args.quiet / 2 - time.monotonic()))
+    post_action(user, "resume_schedules", pks)
+    time.sleep(max(0.0, began + args.quiet - time.monotonic()))
+    return window.end()
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -158,16 +131,20 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         interval=INTERVAL,
         iterations=None,
         cadence="fixed_rate",
-        engine="in-process",
+        engine=args.engine,
         database=args.database,
     )
-    figures: dict[str, Any] = {"schedules": args.schedules, "finished": False}
+    figures: dict[str, Any] = {
+        "schedules": args.schedules,
+        "workers": args.workers,
+        "finished": False,
+    }
     user = fleet.create_schedules(fleet_args)
-    env = {k: v for k, v in os.environ.items() if k not in ("BENCH_DATABASE_URL", "BENCH_DB")}
-    worker = Child("runworker", ["manage.py", "runworker"], env, RUNWORKER_READY, workdir)
-    worker.start()
+    workers, engine = start_workers(args, workdir)
+    alive = [*workers.values(), *([engine] if engine else [])]
+    window = engine_calls.Window(call_readers(workers))
     try:
-        with Sampler({"worker": worker.pid}) as sampler:
+        with Sampler({name: child.pid for name, child in workers.items()}) as sampler:
             say("select all -> start")
             began = time.time()
             figures["start_request_s"] = round(post_action(user, "start_schedules"), 3)
@@ -176,31 +153,31 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 lambda: engine_statuses().get("running", 0),
                 args.schedules,
                 "orchestrations live",
-                worker,
+                alive,
                 every=1.0,
             ):
                 return figures
             figures["all_live_after_s"] = round(time.time() - began, 1)
             runs = CleanupRun.objects.filter(schedule__name__startswith="fleet-")
-            if not wait_for(runs.count, args.schedules, "first runs started", worker):
+            if not wait_for(runs.count, args.schedules, "first runs started", alive):
                 return figures
             last_start = runs.order_by("-started_at").values_list("started_at", flat=True)[0]
             figures["all_running_after_s"] = round(last_start.timestamp() - began, 1)
             done = runs.exclude(status=CleanupRun.Status.RUNNING)
-            if not wait_for(done.count, args.schedules, "first runs finished", worker):
+            if not wait_for(done.count, args.schedules, "first runs finished", alive):
                 return figures
             figures["all_waiting_after_s"] = round(time.time() - began, 1)
 
-            say(f"the fleet is waiting; sampling the worker for {args.quiet:.0f} s")
-            most_threads, most_rss = 0, 0
-            quiet_until = time.monotonic() + args.quiet
-            while time.monotonic() < quiet_until:
-                now = current(worker.pid)
-                most_threads = max(most_threads, now["Threads"])
-                most_rss = max(most_rss, now["VmRSS"])
-                time.sleep(fleet.SAMPLE_EVERY)
-            figures["waiting_threads"] = most_threads
-            figures["waiting_rss_mb"] = round(most_rss / 1024, 1)
+            say(f"the fleet is waiting; sampling the workers for {args.quiet:.0f} s")
+            figures.update(waiting_window(args, workers, window))
+            figures["calls_churn"] = churn_window(args, user, window)
+            if not wait_for(
+                lambda: engine_statuses().get("running", 0),
+                args.schedules,
+                "orchestrations running again",
+                alive,
+            ):
+                return figures
 
             for action, status, expected in (
                 ("pause_schedules", CleanupSchedule.DesiredState.PAUSED, "suspended"),
@@ -217,7 +194,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     lambda expected=expected: engine_statuses().get(expected, 0),
                     args.schedules,
                     f"orchestrations {expected}",
-                    worker,
+                    alive,
                 ):
                     return figures
                 figures[f"{action}_engine_done_s"] = round(time.time() - clock, 1)
@@ -229,13 +206,16 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "max": round(took[-1], 1),
                 "count": len(took),
             }
-        peak = sampler.peaks["worker"]
-        figures["peak_rss_mb"] = round(peak.rss_mb or 0, 1)
-        figures["peak_threads"] = peak.threads
+        figures["peak_rss_mb"] = round(max(p.rss_mb or 0 for p in sampler.peaks.values()), 1)
+        figures["peak_threads"] = max(p.threads for p in sampler.peaks.values())
+        host = "runworker-0" if engine is None else None
+        figures["failover"] = engine_calls.failover(
+            workers, host, RECONCILE_INTERVAL, timeout=10 * RECONCILE_INTERVAL
+        )
         figures["finished"] = True
         return figures
     finally:
-        worker.stop()
+        stop_all(workers, engine)
 
 
 def report(figures: dict[str, Any], setup: dict[str, Any]) -> list[str]:
@@ -244,9 +224,13 @@ def report(figures: dict[str, Any], setup: dict[str, Any]) -> list[str]:
         return "not reached" if value is None else f"{value}{unit}"
 
     single = figures.get("single_start_ms") or {}
+    workers = figures["workers"]
+    runworkers = "one runworker" if workers == 1 else f"{workers} runworkers"
+    engine = "hosted by runworker-0" if setup["engine"] == "in-process" else "in its own process"
+    each = "runworker" if workers == 1 else "a runworker (the most of any)"
     return [
-        f"# {figures['schedules']:,} waiting schedules, one runworker ({setup['database']}, "
-        f"{setup['cpus']} CPUs, load {setup['load_average']})",
+        f"# {figures['schedules']:,} waiting schedules, {runworkers} ({setup['database']}, "
+        f"{setup['cpus']} CPUs, load {setup['load_average']}; the engine {engine})",
         "",
         "| what | measured |",
         "| --- | --- |",
@@ -254,9 +238,9 @@ def report(figures: dict[str, Any], setup: dict[str, Any]) -> list[str]:
         f"| ... every orchestration live in the engine after | {show('all_live_after_s', ' s')} |",
         f"| ... every first run started after | {show('all_running_after_s', ' s')} |",
         f"| ... all waiting on their timer after | {show('all_waiting_after_s', ' s')} |",
-        f"| runworker while all wait: threads | {show('waiting_threads')} |",
-        f"| runworker while all wait: RSS | {show('waiting_rss_mb', ' MB')} |",
-        f"| runworker peak over the bench: threads, RSS (VmHWM) | {show('peak_threads')}, "
+        f"| {each} while all wait: threads | {show('waiting_threads')} |",
+        f"| {each} while all wait: RSS | {show('waiting_rss_mb', ' MB')} |",
+        f"| {each}, peak over the bench: threads, RSS (VmHWM) | {show('peak_threads')}, "
         f"{show('peak_rss_mb', ' MB')} |",
         f"| admin select all -> Pause: the request; all suspended after | "
         f"{show('pause_schedules_request_s', ' s')}; "
@@ -266,6 +250,14 @@ def report(figures: dict[str, Any], setup: dict[str, Any]) -> list[str]:
         f"{show('resume_schedules_engine_done_s', ' s')} |",
         f"| a single `start_schedule` (p50, max of {single.get('count', 0)}) | "
         f"{single.get('p50', '-')} ms, {single.get('max', '-')} ms |",
+        "",
+        *engine_calls.calls_table(
+            "## Engine calls, the fleet waiting", figures.get("calls_waiting")
+        ),
+        *engine_calls.calls_table(
+            "## Engine calls, one schedule in ten paused and resumed", figures.get("calls_churn")
+        ),
+        engine_calls.failover_line(figures.get("failover")),
     ]
 
 
@@ -278,7 +270,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--schedules", type=positive_int, default=10_000)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--quiet", type=float, default=10.0, help="s sampled while all wait")
+    parser.add_argument("--workers", type=positive_int, default=1, help="runworker processes")
+    parser.add_argument(
+        "--engine",
+        choices=["in-process", "separate"],
+        default="in-process",
+        help="in-process: runworker-0 hosts the embedded engine; separate: a process of its own",
+    )
+    parser.add_argument(
+        "--quiet",
+        type=positive_float,
+        default=60.0,
+        help="s of each engine-call window (all waiting; one in ten paused and resumed)",
+    )
     parser.add_argument("--singles", type=positive_int, default=20)
     parser.add_argument(
         "--bulk-start-rate",
@@ -301,15 +305,16 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     workdir = Path(tempfile.mkdtemp(prefix="cleanups-waiting-"))
     started = time.perf_counter()
+    args.engine_port = fleet.free_port()
     try:
         fleet.setup_django(
             argparse.Namespace(
-                engine="in-process",
+                engine=args.engine,
                 database=args.database,
                 bulk_start_rate=args.bulk_start_rate,
             ),
             workdir,
-            fleet.free_port(),
+            args.engine_port,
         )
         from django.test.utils import setup_test_environment
 
@@ -322,7 +327,7 @@ def main(argv: list[str]) -> int:
                     interval=INTERVAL,
                     iterations=None,
                     cadence="fixed_rate",
-                    engine="in-process",
+                    engine=args.engine,
                     database=args.database,
                     seed=0,
                 )

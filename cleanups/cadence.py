@@ -10,7 +10,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -52,10 +52,14 @@ class Cadence:
     anchor: datetime | None = None  # fixed_rate: the grid is anchor + k * interval
     cron: str = ""
     timezone: str = "UTC"
+    # Runs only between these wall-clock times in ``timezone`` (None: at any time); the end
+    # before the start crosses midnight.
+    window: Window | None = None
 
     @_computing
     def next_after(self, moment: datetime, finished: datetime | None = None) -> datetime:
-        """The first fire time strictly after ``moment`` (fixed_delay: ``finished`` + interval).
+        """The first fire time strictly after ``moment`` (fixed_delay: ``finished`` + interval),
+        moved to the window's opening when it falls outside the window.
 
         Raises UncomputableRun when there is none.
         """
@@ -67,9 +71,18 @@ class Cadence:
             following = anchor + max(steps, 0) * self.interval
         else:
             following = cron_next(self.cron, self.timezone, moment)
+        if self.window is not None:
+            following = self.window.opening(following, ZoneInfo(self.timezone))
         if following.year >= LATEST_YEAR:
             raise UncomputableRun(f"the next run would fall in or after the year {LATEST_YEAR}")
         return following
+
+    @_computing
+    def into_window(self, moment: datetime) -> datetime:
+        """``moment``, or the window's next opening when it falls outside the window."""
+        if self.window is None:
+            return moment
+        return self.window.opening(moment, ZoneInfo(self.timezone))
 
     def explain(self, error: Exception) -> str:
         """Why a run time could not be computed, in words an operator can act on."""
@@ -86,6 +99,8 @@ class Cadence:
     @_computing
     def slots_between(self, start: datetime, end: datetime, limit: int = 100_000) -> int:
         """How many fire times fall in (start, end] (counted up to ``limit``)."""
+        if self.window is not None:
+            return self._count_between(start, end, min(limit, WINDOWED_COUNT_LIMIT))
         if self.kind == FIXED_RATE:
             first = self.next_after(start)
             if first > end:
@@ -93,9 +108,12 @@ class Cadence:
             return min(limit, math.floor((end - first) / self.interval) + 1)
         if self.kind == FIXED_DELAY:
             return min(limit, max(0, math.floor((end - start) / self.interval)))
+        return self._count_between(start, end, limit)
+
+    def _count_between(self, start: datetime, end: datetime, limit: int) -> int:
         count, moment = 0, start
         while count < limit:
-            moment = cron_next(self.cron, self.timezone, moment)
+            moment = self.next_after(moment, moment)
             if moment > end:
                 break
             count += 1
@@ -108,6 +126,59 @@ class Cadence:
             current = self.next_after(current, current)
             times.append(current)
         return times
+
+
+# Counting the slots of a windowed cadence walks them one by one: this many at most.
+WINDOWED_COUNT_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class Window:
+    """Wall-clock hours a schedule may run in: [start, end), across midnight when end < start."""
+
+    start: time
+    end: time
+
+    def contains(self, local: time) -> bool:
+        if self.start < self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end
+
+    def opening(self, moment: datetime, zone: ZoneInfo) -> datetime:
+        """``moment`` itself when it is inside the window, otherwise the window's next opening."""
+        local = moment.astimezone(zone)
+        if self.contains(local.time().replace(tzinfo=None)):
+            return moment
+        opens = datetime.combine(local.date(), self.start, tzinfo=zone)
+        if opens <= local:
+            opens = datetime.combine(local.date() + timedelta(days=1), self.start, tzinfo=zone)
+        return opens.astimezone(moment.tzinfo or zone)
+
+    def closing(self, moment: datetime, zone: ZoneInfo) -> datetime | None:
+        """When the window that ``moment`` is in closes (None: ``moment`` is outside it)."""
+        local = moment.astimezone(zone)
+        clock = local.time().replace(tzinfo=None)
+        if not self.contains(clock):
+            return None
+        day = local.date()
+        if self.end < self.start and clock >= self.start:
+            day += timedelta(days=1)  # opened tonight, closes tomorrow morning
+        return datetime.combine(day, self.end, tzinfo=zone).astimezone(moment.tzinfo or zone)
+
+    def describe(self, zone_name: str) -> str:
+        """The line the cadence previews show under the next run times."""
+        return (
+            f"Runs only from {self.start:%H:%M} to {self.end:%H:%M} ({zone_name}); "
+            "a run due outside waits."
+        )
+
+
+def window_of(schedule: object) -> Window | None:
+    """A schedule's run window, when it has both ends (and they differ)."""
+    start, end = getattr(schedule, "window_start", None), getattr(schedule, "window_end", None)
+    if start is None or end is None or start == end:
+        return None
+    return Window(start, end)
 
 
 def cron_next(expression: str, timezone_name: str, moment: datetime) -> datetime:
@@ -144,6 +215,7 @@ def preview_times(
         anchor=getattr(schedule, "anchor_at", None) or start_at or moment,
         cron=schedule.cron,  # type: ignore[attr-defined]
         timezone=schedule.timezone,  # type: ignore[attr-defined]
+        window=window_of(schedule),
     )
     if rule.kind == CRON and not cron_is_valid(rule.cron):
         raise UncomputableRun(f"{rule.cron!r} is not a valid 5-field cron expression.")

@@ -4,10 +4,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.apps import apps
-from django.core.checks import Error, register
+from django.core.checks import Error, Tags, Warning, register
+from django.core.exceptions import FieldDoesNotExist
+from django.db import DatabaseError
 
 from cleanups.conf import settings
 from cleanups.engine.config import EngineConfigError, engine_config
+from cleanups.models import CleanupSchedule
 from cleanups.tasks.archive import storage_problem
 from cleanups.webhooks import hostname, redact
 
@@ -50,6 +53,7 @@ _NUMBERS: dict[str, tuple[float, bool]] = {
     "ENGINE_CALL_TIMEOUT": (0, True),
     "PURGE_CALL_TIMEOUT": (0, True),
     "RECONCILE_INTERVAL": (0, True),
+    "RECONCILE_SWEEP_SECONDS": (0, False),
     "SAMPLE_TIMER_SECONDS": (0, True),
     "CLEANUP_PART_SECONDS": (0, True),
     "CLEANUP_MAX_RUN_SECONDS": (0, False),
@@ -108,6 +112,11 @@ def check_safety_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]
         "CLEANUP_FIRST_RUN_REVIEW_ROWS": (0, None),
         "CLEANUP_APPROVAL_SLACK": (0, 1),
         "CLEANUP_ARCHIVE_DAYS": (0, None),
+        "CLEANUP_MAX_REPLICA_LAG_SECONDS": (0, None),
+        "CLEANUP_BATCH_PAUSE_MS": (0, 60_000),
+        "CLEANUP_LOCK_TIMEOUT_MS": (0, 600_000),
+        "CLEANUP_ANALYZE_AFTER_ROWS": (0, None),
+        "CLEANUP_BACKLOG_ALERT_SECONDS": (0, None),
     }
     for name, (least, most) in bounds.items():
         value = getattr(settings, name)
@@ -158,3 +167,62 @@ def alert_settings_problems() -> list[str]:
             "e.g. https://cleanups.example.com."
         )
     return problems
+
+
+def _has_index(model: Any, name: str) -> bool:
+    """Whether a database index starts with ``name`` (a field's own, or one in Meta.indexes)."""
+    field = model._meta.get_field(name)
+    if field.db_index or field.unique or field.primary_key:
+        return True
+    return any(
+        index.fields and index.fields[0].lstrip("-") == name for index in model._meta.indexes
+    )
+
+
+def unindexed_date_fields(definitions: list[tuple[str, Any, Any]]) -> list[Warning]:
+    """A warning per delete_old_rows schedule whose date field has no index: its runs, and the
+    backlog's MIN() after each, then read the whole table."""
+    warnings = []
+    for name, task, params in definitions:
+        if task != "delete_old_rows" or not isinstance(params, dict):
+            continue
+        try:
+            model = apps.get_model(params.get("model", ""))
+            field = params.get("field", "")
+            indexed = _has_index(model, field)
+        except (LookupError, ValueError, TypeError, FieldDoesNotExist):
+            continue  # the schedule's own validation says what is wrong
+        if not indexed:
+            warnings.append(
+                Warning(
+                    f"Schedule {name!r} deletes {model._meta.label} by {field!r}, which has no "
+                    "index: every run, and the retention backlog after it, reads the whole "
+                    "table.",
+                    hint=f"Add db_index=True to {model._meta.label}.{field} (or an index that "
+                    "starts with it).",
+                    id="cleanups.W001",
+                )
+            )
+    return warnings
+
+
+@register(Tags.database)
+def check_cleanup_indexes(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list:
+    """Declared schedules (CLEANUP_SCHEDULES) and saved ones, as Django's database checks:
+    with ``check --database`` (and ``migrate``) only, so no other command prints it."""
+    if not databases:
+        return []
+    declared = settings.CLEANUP_SCHEDULES if isinstance(settings.CLEANUP_SCHEDULES, dict) else {}
+    definitions = [
+        (name, fields.get("task"), fields.get("params"))
+        for name, fields in declared.items()
+        if isinstance(fields, dict)
+    ]
+    try:
+        saved = CleanupSchedule.objects.filter(task="delete_old_rows")
+        definitions += list(saved.values_list("name", "task", "params"))
+    except DatabaseError:
+        pass  # not migrated yet: nothing saved to check
+    seen: set[str] = set()
+    unique = [d for d in definitions if not (d[0] in seen or seen.add(d[0]))]
+    return unindexed_date_fields(unique)

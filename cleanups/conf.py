@@ -28,6 +28,8 @@ DEFAULTS: dict[str, Any] = {
     "PURGE_CALL_TIMEOUT": 300.0,
     # How often runworker compares desired state with the engine (s).
     "RECONCILE_INTERVAL": 5.0,
+    # How often the reconciler's pass reads every instance, not only what changed (s).
+    "RECONCILE_SWEEP_SECONDS": 300.0,
     # The timer of the sample's bare-integer loop (s).
     "SAMPLE_TIMER_SECONDS": 15.0,
     # Directories delete_old_files may clean; nothing outside them (none by default).
@@ -103,6 +105,22 @@ DEFAULTS: dict[str, Any] = {
     "CLEANUP_ARCHIVE_STORAGE": "",
     # The built-in prune_archives task deletes archives older than this (days; 0: never).
     "CLEANUP_ARCHIVE_DAYS": 30,
+    # Kind to the database (README, "Running against a busy database"). Between batches a run
+    # waits while a PostgreSQL replica is further behind than this, until it is back under half
+    # of it (s; 0: off) ...
+    "CLEANUP_MAX_REPLICA_LAG_SECONDS": 10.0,
+    # ... and pauses this long after every batch (ms; 0: none).
+    "CLEANUP_BATCH_PAUSE_MS": 0,
+    # A batch waits at most this long for a lock another session holds on its rows or table;
+    # then it gives up, and the run waits (holding nothing) and tries it again (ms; 0: the
+    # database's own limits: SQLite's busy timeout, none on PostgreSQL).
+    "CLEANUP_LOCK_TIMEOUT_MS": 2_000,
+    # A run that deleted more than this many rows (or 10% of a table) runs ANALYZE on it
+    # (SQLite: PRAGMA optimize), and VACUUM with the schedule's "vacuum" (0: never).
+    "CLEANUP_ANALYZE_AFTER_ROWS": 10_000,
+    # A schedule further behind its retention policy than this warns in the health check and
+    # alerts (s; 0: never).
+    "CLEANUP_BACKLOG_ALERT_SECONDS": 86_400.0,
 }
 
 

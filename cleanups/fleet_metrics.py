@@ -1,6 +1,6 @@
 """/metrics of the web process: the fleet's state, read from the database and the engine at
 every scrape (a custom Collector). Any gunicorn worker answers with the same figures, since none
-of them is kept in a process. A scrape costs a constant number of queries, none of them
+of them is kept in a process; beside them, this process's own engine calls. A scrape costs a constant number of queries, none of them
 proportional to the run history (it reads schedules and index ranges, as the dashboard's
 totals do)."""
 
@@ -17,10 +17,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from cleanups.conf import settings
+from cleanups.engine.counting import ENGINE_REQUESTS
 from cleanups.health import check_engine
 from cleanups.metrics import exposition
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
 from cleanups.reads.fleet import DASHBOARD_TOTALS, fleet_conditions
+from cleanups.tasks.measure import BACKLOG_COUNT_CAP
 
 logger = logging.getLogger("cleanups.metrics")
 
@@ -81,12 +83,33 @@ def _fleet_figures() -> list[Metric]:
         "a streak (its next success ends it).",
         labels=["schedule"],
     )
-    for name, failures in (
-        CleanupSchedule.objects.filter(consecutive_failures__gt=0)
+    backlog_seconds = GaugeMetricFamily(
+        "cleanups_retention_backlog_seconds",
+        "How far behind its retention policy a schedule's table was after its last measured "
+        "run: the age past the cutoff of the oldest row that should already be gone (0: caught "
+        "up); present once a run has measured it.",
+        labels=["schedule"],
+    )
+    backlog_rows = GaugeMetricFamily(
+        "cleanups_retention_backlog_rows",
+        "Rows left that a schedule's retention policy says should be gone, after its last "
+        f"measured run (counted up to {BACKLOG_COUNT_CAP:,}).",
+        labels=["schedule"],
+    )
+    # One query for both: the schedules with a streak or a measured backlog.
+    for name, failures, seconds, rows in (
+        CleanupSchedule.objects.filter(
+            Q(consecutive_failures__gt=0) | Q(backlog_seconds__isnull=False)
+        )
         .order_by("name")
-        .values_list("name", "consecutive_failures")
+        .values_list("name", "consecutive_failures", "backlog_seconds", "backlog_rows")
     ):
-        streaks.add_metric([name], failures)
+        if failures:
+            streaks.add_metric([name], failures)
+        if seconds is not None:
+            backlog_seconds.add_metric([name], seconds)
+            if rows is not None:
+                backlog_rows.add_metric([name], rows)
 
     return [
         by_state,
@@ -106,6 +129,8 @@ def _fleet_figures() -> list[Metric]:
             CleanupRun.objects.running().count(),
         ),
         streaks,
+        backlog_seconds,
+        backlog_rows,
         _gauge(
             "cleanups_runs_held",
             "Runs the blast-radius guard held that nobody has approved or rejected yet.",
@@ -118,6 +143,9 @@ def _fleet_figures() -> list[Metric]:
 
 WEB_REGISTRY = CollectorRegistry(auto_describe=False)
 WEB_REGISTRY.register(FleetCollector())  # type: ignore[arg-type]
+# After the fleet's figures, so a scrape's count includes its own engine probe. Per process, as
+# each runworker serves its own: Prometheus sums them.
+WEB_REGISTRY.register(ENGINE_REQUESTS)
 
 
 def web_exposition(accept: str = "") -> tuple[bytes, str]:

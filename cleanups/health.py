@@ -6,6 +6,8 @@ runworker's heartbeat is younger than two reconcile intervals; no schedule is re
 orchestration failed and is being restarted); no run has been running longer than
 HEALTH_STUCK_SECONDS. Each is "ok" or "failing", with a reason that only staff (and the
 command) see: anyone may learn *that* something fails, not what the deployment looks like.
+A few are "warning" instead of failing: shown, but the site stays ok (no schedule further
+behind its retention policy than CLEANUP_BACKLOG_ALERT_SECONDS).
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ from django.utils import timezone
 from cleanups import instances
 from cleanups.conf import settings
 from cleanups.engine.config import EngineConfigError, engine_config
+from cleanups.formatting import behind_label, one_line
 from cleanups.instances import EngineUnavailable
 from cleanups.metrics import RECONCILER_CLOCK
 from cleanups.models import CleanupRun, CleanupSchedule, WorkerHeartbeat
+from cleanups.runs.backlog import alert_seconds
 
 OK = "ok"
+WARNING = "warning"
 FAILING = "failing"
+# A probe waits this long for a pooled connection (a page waits the pool's own timeout).
+PROBE_POOL_TIMEOUT = 0.8
 # The engine is asked for an instance that never exists: the cheapest call that needs it to
 # answer (listing our instances would parse the whole fleet's states).
 PROBE_INSTANCE_ID = "cleanups-health-probe"
@@ -42,10 +49,14 @@ class Check:
     name: str
     ok: bool
     reason: str
+    # Something to look at that does not make the site unhealthy: "warning", and ``ok`` still.
+    warning: bool = False
 
     @property
     def status(self) -> str:
-        return OK if self.ok else FAILING
+        if not self.ok:
+            return FAILING
+        return WARNING if self.warning else OK
 
 
 @dataclass(frozen=True)
@@ -70,11 +81,6 @@ class Report:
         return data
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:299] + "…"
-
-
 def _names(names: list[str], more: bool) -> str:
     return ", ".join(names) + (" and more" if more else "")
 
@@ -83,12 +89,22 @@ def _names(names: list[str], more: bool) -> str:
 
 
 def check_database() -> Check:
+    """One ``SELECT 1``. Through a connection pool (PostgreSQL) it waits at most
+    PROBE_POOL_TIMEOUT for a connection: a page may wait the pool's timeout for the database to
+    come back, a probe must answer first (the database is down: it says so, within a second)."""
+    connection = connections[CleanupSchedule.objects.db]
     try:
-        with connections[CleanupSchedule.objects.db].cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
+        pool = getattr(connection, "pool", None) if connection.connection is None else None
+        if pool is not None:
+            pool.open()  # as Django's first connection does; nothing when it is open
+            with pool.connection(timeout=PROBE_POOL_TIMEOUT) as raw:
+                raw.execute("SELECT 1").fetchone()
+        else:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                cursor.fetchone()
     except Exception as error:  # DatabaseError, or a driver's or pool's own error on connect
-        return Check("database", False, f"the database cannot be reached: {_one_line(error)}")
+        return Check("database", False, f"the database cannot be reached: {one_line(error)}")
     return Check("database", True, "the database answers")
 
 
@@ -103,14 +119,14 @@ def check_engine() -> Check:
     try:
         instances.state_of_instance(PROBE_INSTANCE_ID)
     except EngineUnavailable as error:
-        return Check("engine", False, f"{where} cannot be reached: {_one_line(error)}")
+        return Check("engine", False, f"{where} cannot be reached: {one_line(error)}")
     except grpc.RpcError as error:
         code = error.code()  # type: ignore[attr-defined]
         if code != grpc.StatusCode.NOT_FOUND:  # an engine that says "no such instance" answers
             details = error.details()  # type: ignore[attr-defined]
             return Check("engine", False, f"{where} answered {code.name}: {details}")
     except Exception as error:  # a credential that cannot get a token, say
-        return Check("engine", False, f"{where}: {type(error).__name__}: {_one_line(error)}")
+        return Check("engine", False, f"{where}: {type(error).__name__}: {one_line(error)}")
     elapsed = (time.monotonic() - began) * 1000
     return Check("engine", True, f"{where} answered in {elapsed:.0f} ms")
 
@@ -162,6 +178,29 @@ def check_stuck_runs(now: datetime) -> Check:
     )
 
 
+def check_backlog() -> Check:
+    """A warning, never a failure: schedules further behind their retention policy than
+    CLEANUP_BACKLOG_ALERT_SECONDS after their last measured run, furthest first."""
+    limit = alert_seconds()
+    if not limit:
+        return Check("backlog", True, "not checked (CLEANUP_BACKLOG_ALERT_SECONDS is 0)")
+    behind = list(
+        CleanupSchedule.objects.filter(backlog_seconds__gt=limit)
+        .order_by("-backlog_seconds", "name")
+        .values_list("name", "backlog_seconds")[: NAMED + 1]
+    )
+    than = f"than {behind_label(limit)} (CLEANUP_BACKLOG_ALERT_SECONDS)"
+    if not behind:
+        return Check("backlog", True, f"no schedule is further behind its retention policy {than}")
+    names = [f"{name} ({behind_label(seconds)})" for name, seconds in behind[:NAMED]]
+    return Check(
+        "backlog",
+        True,
+        f"further behind their retention policy {than}: " + _names(names, len(behind) > NAMED),
+        warning=True,
+    )
+
+
 def run_checks() -> Report:
     """Every check of the site, the database first: the checks that read it are failing, not
     run, when it cannot be reached."""
@@ -169,7 +208,8 @@ def run_checks() -> Report:
     engine = check_engine()
     if not database.ok:
         unread = "not checked: the database cannot be reached"
-        rest = tuple(Check(name, False, unread) for name in ("workers", "recovering", "stuck_runs"))
+        names = ("workers", "recovering", "stuck_runs", "backlog")
+        rest = tuple(Check(name, False, unread) for name in names)
         return Report((database, engine, *rest))
     now = timezone.now()
     return Report(
@@ -179,17 +219,18 @@ def run_checks() -> Report:
             _guarded("workers", lambda: check_workers(now)),
             _guarded("recovering", check_recovering),
             _guarded("stuck_runs", lambda: check_stuck_runs(now)),
+            _guarded("backlog", check_backlog, warning=True),
         )
     )
 
 
-def _guarded(name: str, check: Callable[[], Check]) -> Check:
+def _guarded(name: str, check: Callable[[], Check], *, warning: bool = False) -> Check:
     """A check that fails on a database error (the database went away meanwhile, a table is
-    missing before migrate) instead of raising."""
+    missing before migrate) instead of raising; a ``warning`` check only warns then."""
     try:
         return check()
     except Exception as error:
-        return Check(name, False, f"could not be checked: {_one_line(error)}")
+        return Check(name, warning, f"could not be checked: {one_line(error)}", warning=warning)
 
 
 # --- One runworker's liveness ----------------------------------------------------------------

@@ -17,6 +17,12 @@ with the same figures, since none of them is kept in a process, so several web p
 multiprocess mode. A scrape costs a constant number of queries, none of them proportional to the
 run history (it reads schedules and index ranges, as the dashboard's totals do).
 
+**Both** count the calls their own process makes to the engine,
+``cleanups_engine_requests_total{method,outcome}`` (``cleanups.engine.counting``, an interceptor
+on every channel the connection module builds): in the default registry, and registered in the
+web one too. Unlike the fleet's figures this one is per process: with several gunicorn workers a
+scrape shows the count of the one that answered.
+
 Run counters are deliberately not derived from the run table: ``prune_run_history`` deletes run
 records, and a count that goes down reads to Prometheus as a counter reset (a spike in
 ``increase()`` as large as what is left); and counting a million runs is a scan per scrape.

@@ -20,6 +20,7 @@ from cleanups.tasks.deleter import (
     delete_in_batches,
     sql_cascade_plan,
 )
+from cleanups.tasks.measure import measure_backlog
 from cleanups.tasks.params import (
     Params,
     bool_param,
@@ -54,6 +55,7 @@ __all__ = [
     "delete_in_batches",
     "get_task",
     "int_param",
+    "measure_backlog",
     "number_param",
     "positive_days",
     "reject_unknown",

@@ -80,6 +80,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # A database that is away (restarting, connections dropped) answers 503, never 500.
+    "cleanups.views.unavailable.DatabaseUnavailableMiddleware",
     # Static files (the admin's and ours) straight from the app server, DEBUG on or off.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -180,6 +182,9 @@ AZURE_CLIENT_ID = env.str("AZURE_CLIENT_ID", default="")
 ENGINE_CALL_TIMEOUT = env.float("ENGINE_CALL_TIMEOUT", default=5.0)
 # How often runworker compares desired state with the engine.
 RECONCILE_INTERVAL = env.float("RECONCILE_INTERVAL", default=5.0)
+# How often the reconciler reads every instance of the fleet (a sweep); between sweeps a pass
+# reads only the schedules that changed, are overdue or lost a run. 0: every pass sweeps.
+RECONCILE_SWEEP_SECONDS = env.float("RECONCILE_SWEEP_SECONDS", default=300.0)
 # The timer of the sample's bare-integer loop (15 s in the sample).
 SAMPLE_TIMER_SECONDS = env.float("SAMPLE_TIMER_SECONDS", default=15.0)
 
@@ -247,6 +252,12 @@ CLEANUP_APPROVAL_SLACK = env.float("CLEANUP_APPROVAL_SLACK", default=0.01)
 CLEANUP_ARCHIVE_BY_DEFAULT = env.bool("CLEANUP_ARCHIVE_BY_DEFAULT", default=False)
 CLEANUP_ARCHIVE_STORAGE = env.str("CLEANUP_ARCHIVE_STORAGE", default="")
 CLEANUP_ARCHIVE_DAYS = env.int("CLEANUP_ARCHIVE_DAYS", default=30)
+# Kind to the database (README, "Running against a busy database").
+CLEANUP_MAX_REPLICA_LAG_SECONDS = env.float("CLEANUP_MAX_REPLICA_LAG_SECONDS", default=10.0)
+CLEANUP_BATCH_PAUSE_MS = env.int("CLEANUP_BATCH_PAUSE_MS", default=0)
+CLEANUP_LOCK_TIMEOUT_MS = env.int("CLEANUP_LOCK_TIMEOUT_MS", default=2_000)
+CLEANUP_ANALYZE_AFTER_ROWS = env.int("CLEANUP_ANALYZE_AFTER_ROWS", default=10_000)
+CLEANUP_BACKLOG_ALERT_SECONDS = env.float("CLEANUP_BACKLOG_ALERT_SECONDS", default=86_400.0)
 
 LOGGING = {
     "version": 1,

@@ -5,3 +5,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("cleanups.urls")),
 ]
+
+# A database error raised outside a view (the middleware covers the views) is a 503 too.
+handler500 = "cleanups.views.unavailable.server_error"

@@ -29,6 +29,7 @@ from cleanups.engine.connection import build_worker
 from cleanups.engine.embedded import EmbeddedEngine
 from cleanups.instances import LIVE_STATUSES
 from cleanups.models import CleanupRun, CleanupSchedule
+from cleanups.runs.execute import execute_iteration
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,6 +49,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+
+
+def run_iteration(schedule: CleanupSchedule, iteration: int = 1, **kwargs: Any) -> CleanupRun:
+    """Run an iteration in the test's own thread, part after part as the orchestration does (a
+    part ends after CLEANUP_PART_SECONDS, which a loaded machine can reach), and its record."""
+    result = execute_iteration(schedule.pk, iteration, **kwargs)
+    while result.get("more"):
+        kwargs["part"], iteration = result["part"], result["iteration"]
+        result = execute_iteration(schedule.pk, iteration, **kwargs)
+    return CleanupRun.objects.get(schedule=schedule, iteration=iteration)
 
 
 def is_live(durable_client: Any, schedule: CleanupSchedule) -> bool:
@@ -88,6 +99,7 @@ class CountingEngine(EmbeddedEngine):
     def __init__(self, port: int) -> None:
         super().__init__(port)
         self.calls: Counter[str] = Counter()
+        self.asked_for: set[str] = set()  # the instance ids GetInstance was asked for
         self._calls_lock = threading.Lock()
 
     def _count(self, name: str) -> None:
@@ -96,6 +108,8 @@ class CountingEngine(EmbeddedEngine):
 
     def GetInstance(self, request: Any, context: Any) -> Any:
         self._count("GetInstance")
+        with self._calls_lock:
+            self.asked_for.add(request.instanceId)
         return super().GetInstance(request, context)
 
     def QueryInstances(self, request: Any, context: Any) -> Any:

@@ -70,7 +70,7 @@ def waiting_for_next_run(durable_client, schedule: CleanupSchedule) -> bool:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_changelist_shows_engine_status_with_one_batched_query(
+def test_changelist_shows_engine_status_read_by_id_for_each_row(
     admin_client, engine, worker, durable_client, make_schedule
 ):
     # A long interval keeps the started schedule waiting on its timer, i.e. RUNNING.
@@ -90,8 +90,9 @@ def test_changelist_shows_engine_status_with_one_batched_query(
     response = admin_client.get(reverse(SCHEDULE_CHANGELIST))
 
     assert response.status_code == 200
-    assert engine.calls["QueryInstances"] == 1
-    assert engine.calls["GetInstance"] == 0
+    # One read by id for each row on screen, none for the rest of the fleet.
+    assert engine.calls["QueryInstances"] == 0
+    assert engine.calls["GetInstance"] == len(response.context["cl"].result_list) == 5
     cells = runtime_status_cells(response)
     assert cells == {
         "alpha-running": "running",
@@ -104,6 +105,27 @@ def test_changelist_shows_engine_status_with_one_batched_query(
     assert labels[running.pk] == "running"
     assert labels[stopped.pk] == "not started"
     assert not [m for m in sent_messages(response) if m[0] == messages.WARNING]
+
+
+@pytest.mark.django_db
+def test_changelist_reads_the_engine_only_for_the_rows_on_screen(
+    admin_client, engine, make_schedule, monkeypatch
+):
+    from cleanups.admin.schedules import CleanupScheduleAdmin
+
+    monkeypatch.setattr(CleanupScheduleAdmin, "list_per_page", 10)
+    for n in range(35):
+        make_schedule(name=f"tenant-{n:02d}")
+
+    engine.calls.clear()
+    engine.asked_for.clear()
+    response = admin_client.get(reverse(SCHEDULE_CHANGELIST), {"p": "2"})
+
+    assert response.status_code == 200
+    shown = [s.instance_id for s in response.context["cl"].result_list]
+    assert len(shown) == 10 and "tenant-10" in {s.name for s in response.context["cl"].result_list}
+    assert (engine.calls["GetInstance"], engine.calls["QueryInstances"]) == (10, 0)
+    assert engine.asked_for == set(shown)  # exactly those ids, none of the other 25
 
 
 @pytest.mark.django_db
@@ -414,6 +436,8 @@ def test_add_form_asks_only_for_what_the_operator_fills_in(admin_client):
         "timezone",
         "start_at",
         "end_at",
+        "window_start",
+        "window_end",
         "max_iterations",
         "missed_runs",
         "max_retries",
@@ -424,6 +448,8 @@ def test_add_form_asks_only_for_what_the_operator_fills_in(admin_client):
         "max_rows_per_run",
         "max_table_fraction",
         "archive",
+        "max_rows_per_second",
+        "vacuum",
     }
     html = response.content.decode()
     assert "<code>sample</code>" in html

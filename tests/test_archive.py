@@ -19,9 +19,8 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 from cleanups.models import CleanupRun, CleanupSchedule
-from cleanups.runs.execute import execute_iteration
 from cleanups.tasks.archive import archive_storage
-from tests.conftest import ROOT, database_url
+from tests.conftest import ROOT, database_url, run_iteration
 from tests.testapp.models import Audited, Child, Event, Parent
 
 pytestmark = pytest.mark.django_db
@@ -50,9 +49,7 @@ def running(make_schedule: Any, model: str = "testapp.Parent", **fields: Any) ->
     )
 
 
-def run(schedule: CleanupSchedule, iteration: int = 1) -> CleanupRun:
-    execute_iteration(schedule.pk, iteration)
-    return CleanupRun.objects.get(schedule=schedule, iteration=iteration)
+run = run_iteration
 
 
 def families(count: int, children: int = 1) -> None:

@@ -26,7 +26,7 @@ from tests.conftest import database_url, free_port, manage, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 READY = "Press Ctrl+C to stop"
-CHECKS = ("database", "engine", "workers", "recovering", "stuck_runs")
+CHECKS = ("database", "engine", "workers", "recovering", "stuck_runs", "backlog")
 ALL_OK = {"status": "ok", "checks": dict.fromkeys(CHECKS, "ok")}
 
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 from cleanups import control
 from cleanups.models import CleanupHold, CleanupRun, CleanupSchedule
 from cleanups.registry import CleanupContext, delete_in_batches, get_task
-from cleanups.runs.execute import execute_iteration
+from tests.conftest import run_iteration
 from tests.testapp.models import Child, Event, Parent
 
 pytestmark = pytest.mark.django_db
@@ -43,9 +43,7 @@ def running(make_schedule: Any, **fields: Any) -> CleanupSchedule:
     return make_schedule(desired_state=CleanupSchedule.DesiredState.RUNNING, **fields)
 
 
-def run(schedule: CleanupSchedule, iteration: int = 1, **kwargs: Any) -> CleanupRun:
-    execute_iteration(schedule.pk, iteration, **kwargs)
-    return CleanupRun.objects.get(schedule=schedule, iteration=iteration)
+run = run_iteration
 
 
 def test_a_scheduled_run_keeps_held_rows_and_reports_them(make_schedule):

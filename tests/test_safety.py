@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from cleanups import control
 from cleanups.models import CleanupRun, CleanupSchedule
-from cleanups.runs.execute import execute_iteration
+from tests.conftest import run_iteration
 from tests.testapp.models import Event
 
 pytestmark = pytest.mark.django_db
@@ -28,9 +28,7 @@ def events(count: int, age: timedelta, **fields: Any) -> None:
     Event.objects.bulk_create([Event(created_at=created, **fields) for _ in range(count)])
 
 
-def run(schedule: CleanupSchedule, iteration: int, **kwargs: Any) -> CleanupRun:
-    execute_iteration(schedule.pk, iteration, **kwargs)
-    return CleanupRun.objects.get(schedule=schedule, iteration=iteration)
+run = run_iteration
 
 
 def running(make_schedule: Any, **fields: Any) -> CleanupSchedule:
@@ -112,15 +110,27 @@ def test_below_the_rules_a_run_deletes_as_before(make_schedule):
     assert done.review == {}
 
 
-def test_max_rows_per_run_holds_and_zero_means_no_limit(make_schedule, settings):
-    events(60, 40 * DAY)
+def test_max_rows_per_run_caps_a_run_oldest_first_and_zero_means_no_limit(make_schedule, settings):
+    for day in range(60):  # one old row a day, 31 to 90 days old
+        events(1, (31 + day) * DAY)
     events(10, DAY)
     limited = running(make_schedule, max_rows_per_run=50)
-    assert run(limited, 1).review["rule"] == "max_rows_per_run"
-    assert Event.objects.count() == 70
+    first = run(limited, 1)
+    # Not held: a backlog bigger than a run takes goes oldest first, the rest next time.
+    assert first.status == Status.SUCCEEDED and first.items_deleted == 50
+    assert "the most one run deletes (50)" in first.message
+    assert Event.objects.count() == 20
+    oldest_left = Event.objects.order_by("created_at").first().created_at
+    assert timezone.now() - oldest_left < 41 * DAY  # the 50 oldest went: 90 to 41 days
+    assert first.details["backlog"]["rows"] == 10
+    assert 9 * DAY < timedelta(seconds=first.details["backlog"]["seconds"]) < 11 * DAY
+    second = run(limited, 2)
+    assert second.status == Status.SUCCEEDED and second.items_deleted == 10
+    assert second.details["backlog"] == {"seconds": 0.0, "rows": 0, "capped": False}
+    events(60, 40 * DAY)
     settings.CLEANUP_MAX_ROWS_PER_RUN = 50
     unlimited = running(make_schedule, max_rows_per_run=0)
-    assert run(unlimited, 1).status == Status.SUCCEEDED
+    assert run(unlimited, 1).items_deleted == 60
     assert Event.objects.count() == 10
 
 

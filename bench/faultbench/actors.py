@@ -17,9 +17,10 @@ from urllib.parse import urlencode
 from urllib.request import HTTPCookieProcessor, OpenerDirector, build_opener
 
 from django.contrib.auth import get_user_model
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
 from django.utils import timezone
 
+from bench.faultbench import dbfaults
 from bench.faultbench.environment import INTERVALS, PASSWORD, USERNAME, WEB_PORT
 from bench.faultbench.processes import say
 from bench.faultbench.record import (
@@ -57,17 +58,39 @@ def act(bench: Bench, kind: str, pk: int, call: Callable[[CleanupSchedule], Any]
     try:
         outcome = call(CleanupSchedule.objects.get(pk=pk))
         action.outcome = outcome if isinstance(outcome, str) else outcome.outcome.value
+    except (OperationalError, InterfaceError) as error:
+        # The database went away under the action (the admin answers 503): what it left is
+        # what the database says once it is back.
+        action.outcome = "database unavailable"
+        action.detail["error"] = f"{type(error).__name__}: {error}"
+        connections.close_all()
+        action.after = desired_state_when_back(pk, before)
     except Exception as error:  # in the admin this would be a 500
         action.outcome = "raised"
         action.detail["error"] = f"{type(error).__name__}: {error}"
     action.done = timezone.now()
     if kind == "start":
-        action.detail["anchor_at"] = (
-            CleanupSchedule.objects.filter(pk=pk).values_list("anchor_at", flat=True).first()
-        )
+        try:
+            action.detail["anchor_at"] = (
+                CleanupSchedule.objects.filter(pk=pk).values_list("anchor_at", flat=True).first()
+            )
+        except DatabaseError:
+            connections.close_all()
     bench.desired[pk] = action.after
     bench.record(action)
     return action
+
+
+def desired_state_when_back(pk: int, before: str) -> str:
+    for _ in range(60):
+        try:
+            return str(
+                CleanupSchedule.objects.filter(pk=pk).values_list("desired_state", flat=True)[0]
+            )
+        except (OperationalError, InterfaceError):
+            connections.close_all()
+            time.sleep(0.5)
+    return before
 
 
 def edit(schedule: CleanupSchedule, interval: float, cadence: str) -> str:
@@ -90,6 +113,8 @@ def operate(bench: Bench) -> None:
     ]
     try:
         while not bench.stop_operating.wait(rng.uniform(0.3, 1.2)):
+            while bench.database_down.is_set() and not bench.stop_operating.is_set():
+                time.sleep(0.1)  # its clicks would answer 503 meanwhile
             by_state: dict[str, list[int]] = defaultdict(list)
             for pk in pks:
                 by_state[bench.desired[pk]].append(pk)
@@ -148,9 +173,13 @@ def inject_faults(bench: Bench, until: float) -> None:
             time.sleep(max(0.0, until - time.monotonic()))
             return
         time.sleep(gap)
-        kind = rng.choices(
-            ["kill worker", "restart engine host", "stop engine host"], weights=[4, 3, 3]
-        )[0]
+        repertoire = {"kill worker": 4, "restart engine host": 3, "stop engine host": 3}
+        if bench.args.database_faults:
+            repertoire.update(dbfaults.kinds())
+        kind = rng.choices(list(repertoire), weights=list(repertoire.values()))[0]
+        if kind in dbfaults.DATABASE_FAULT_KINDS:
+            bench.record(dbfaults.inject(bench, rng, kind))
+            continue
         fault = Action(kind, None, timezone.now())
         if kind == "kill worker":
             child = rng.choice(bench.connectors)
@@ -192,6 +221,7 @@ def sample_states(bench: Bench) -> None:
                     CleanupSchedule.objects.values_list("pk", "desired_state", "instance_id")
                 )
             except DatabaseError:
+                connections.close_all()  # a dropped connection is opened again
                 continue
             try:
                 states = instances.fetch_runtime_states()
@@ -248,7 +278,13 @@ def browse(bench: Bench) -> None:
             return
         while not bench.stop_watching.wait(rng.uniform(0.1, 0.5)):
             pk = rng.choice(pks)
-            newest = CleanupRun.objects.order_by("-pk").values_list("pk", flat=True).first() or 1
+            try:
+                newest = (
+                    CleanupRun.objects.order_by("-pk").values_list("pk", flat=True).first() or 1
+                )
+            except DatabaseError:
+                connections.close_all()
+                newest = 1
             path = rng.choice(
                 [
                     "/",
@@ -287,6 +323,7 @@ def report_progress(bench: Bench) -> None:
             try:
                 runs = CleanupRun.objects.count()
             except DatabaseError:
+                connections.close_all()
                 runs = -1
             elapsed = (timezone.now() - bench.began).total_seconds()
             phase = "settling" if bench.settle_started else "faults"

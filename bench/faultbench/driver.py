@@ -13,11 +13,12 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.db import connection, connections
+from django.db import DatabaseError, connection, connections
 from django.db.models import Count
 from django.utils import timezone
 from durabletask.client import OrchestrationStatus
 
+from bench.faultbench import dbfaults
 from bench.faultbench.actors import (
     act,
     browse,
@@ -79,6 +80,25 @@ def create_schedules(bench: Bench, user: Any) -> None:
             schedule.pk, schedule.name, kind, config, missed_runs, max_retries
         )
         bench.desired[schedule.pk] = STOPPED
+    if bench.args.database_faults:
+        # Row-deleting schedules: the expired sessions the bench makes all the time, in small
+        # batches (a fault lands inside a run), every 1 to 2 s.
+        for number in (1, 2):
+            config = Config(timedelta(seconds=number), FIXED_DELAY, "")
+            schedule = CleanupSchedule.objects.create(
+                name=f"rows-{number}",
+                task="expired_sessions",
+                params={"batch_size": 5},
+                cadence=FIXED_DELAY,
+                interval=config.interval,
+                timezone="UTC",
+                max_table_fraction=0,
+                changed_by=user,
+            )
+            bench.schedules[schedule.pk] = ScheduleInfo(
+                schedule.pk, schedule.name, "rows", config, schedule.missed_runs, 0
+            )
+            bench.desired[schedule.pk] = STOPPED
 
 
 def planned_at_measurable() -> bool:
@@ -112,8 +132,13 @@ def settle(bench: Bench, operator: threading.Thread) -> None:
             next_run_at__lt=timezone.now() - TOLERANCE
         )
         begun = CleanupRun.objects.running().filter(started_at__lt=bench.settle_started)
-        if not begun.exists() and not overdue.exists():
-            break
+        try:
+            if not begun.exists() and not overdue.exists():
+                break
+        except DatabaseError:
+            pass
+        # A fresh connection each time: one a database fault dropped is not used again.
+        connections.close_all()
         time.sleep(0.5)
 
 
@@ -187,6 +212,8 @@ def run(bench: Bench) -> int:
         threading.Thread(target=target, args=(bench,), name=target.__name__, daemon=True)
         for target in (sample_states, browse, report_progress)
     ]
+    if args.database_faults:
+        threads.append(threading.Thread(target=dbfaults.feed, args=(bench,), daemon=True))
     operator = threading.Thread(target=operate, args=(bench,), name="operate", daemon=True)
     for thread in [*threads, operator]:
         thread.start()
@@ -198,6 +225,7 @@ def run(bench: Bench) -> int:
     for thread in threads:
         thread.join()
     bench.checked_at = timezone.now()
+    connections.close_all()
     states = final_states()
     schedules = {
         row["pk"]: row
@@ -209,6 +237,7 @@ def run(bench: Bench) -> int:
         .annotate(rows=Count("pk"))
         .filter(rows__gt=1)
     )
+    bench.rows.found = dbfaults.check_counts(bench)
     connections.close_all()
     for child in [bench.web, *bench.workers]:
         child.stop()

@@ -1,5 +1,7 @@
-"""The environment of the bench's processes (its own SQLite database in a new temporary
-directory, free ports, the project's settings with a fast reconciler), then django.setup().
+"""The environment of the bench's processes (its own database: SQLite in a new temporary
+directory, or with ``FAULTS_DATABASE=postgres`` (bench/faults.py ``--database postgres``) a
+throwaway PostgreSQL server of its own, as the suite's; free ports; the project's settings with
+a fast reconciler), then django.setup().
 
 Imported first by the package (bench/faultbench/__init__.py), before any module that imports
 the project's models.
@@ -7,6 +9,7 @@ the project's models.
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import tempfile
@@ -40,6 +43,24 @@ USERNAME, PASSWORD = "bench", "bench-faults-password"
 INTERVALS = [1.0, 1.5, 2.0, 2.5, 3.0]
 EXAMPLES = int(os.environ.get("FAULTS_EXAMPLES", "5"))
 
+DATABASE = os.environ.pop("FAULTS_DATABASE", "sqlite")
+POSTGRES = None
+if DATABASE == "postgres":
+    from bench.pgserver import ThrowawayPostgres
+
+    POSTGRES = ThrowawayPostgres(crash_safe=True)  # it is crashed: commits must hold
+    POSTGRES.start()
+    atexit.register(POSTGRES.stop)
+    import psycopg
+
+    with psycopg.connect(POSTGRES.url("postgres"), autocommit=True) as admin:
+        admin.execute("CREATE DATABASE faults")
+    DATABASE_URL = POSTGRES.url("faults")
+else:
+    DATABASE_URL = f"sqlite:///{WORKDIR / 'faults.sqlite3'}"
+# SQLite: a writer waits this long for the lock (s); the bench's lock fault holds it longer.
+SQLITE_BUSY_SECONDS = 3
+
 for name in ("BENCH_DATABASE_URL", "BENCH_DB", "ENGINE_CALL_TIMEOUT"):
     os.environ.pop(name, None)
 os.environ.update(
@@ -48,7 +69,12 @@ os.environ.update(
         "ENV_FILE": os.devnull,  # a developer's .env must not change what we measure
         "DEBUG": "true",
         "SECRET_KEY": "bench-faults-secret-key",
-        "DATABASE_URL": f"sqlite:///{WORKDIR / 'faults.sqlite3'}",
+        "DATABASE_URL": DATABASE_URL,
+        "SQLITE_TIMEOUT": str(SQLITE_BUSY_SECONDS),
+        # A page waits this long for a pooled connection while PostgreSQL is away, then 503.
+        "DATABASE_POOL_TIMEOUT": "3",
+        # The row-deleting schedules delete most of what they see, and at once.
+        "CLEANUP_FIRST_RUN_REVIEW_ROWS": "0",
         "ENDPOINT": "",
         "EMBEDDED_ENGINE_PORT": str(ENGINE_PORT),
         "TASKHUB": "default",

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from durabletask.client import OrchestrationStatus
 
+from bench.faultbench.dbfaults import DATABASE_FAULT_KINDS
 from bench.faultbench.environment import LIVENESS_LIMIT
 from bench.faultbench.record import (
+    DATABASE_WAIT_LINE,
     PAUSED,
     RETRY_LINE,
     RUN_LINE,
@@ -43,6 +45,11 @@ class Logs:
 
     finished: dict[tuple[str, int], list[str]] = field(default_factory=lambda: defaultdict(list))
     attempt_ended: dict[tuple[str, int, int], datetime] = field(default_factory=dict)
+    # schedule pk -> (when its activity stopped to wait for the database, which iteration;
+    # None: not said).
+    database_waits: dict[int, list[tuple[datetime, int | None]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
 
 
 def read_logs(bench: Bench) -> Logs:
@@ -58,6 +65,11 @@ def read_logs(bench: Bench) -> Logs:
                     at = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f")
                     attempt = (match["name"], int(match["iteration"]), int(match["attempt"]))
                     logs.attempt_ended[attempt] = at.replace(tzinfo=zone)
+                elif match := DATABASE_WAIT_LINE.search(line):
+                    at = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f")
+                    iteration = int(match["iteration"]) if match["iteration"] else None
+                    pk = int(match["pk"] or match["old"])
+                    logs.database_waits[pk].append((at.replace(tzinfo=zone), iteration))
     return logs
 
 
@@ -87,17 +99,25 @@ def death_of(bench: Bench, worker: str, started: datetime) -> datetime | None:
 
 def execution_end(bench: Bench, record: Run, logs: Logs) -> datetime:
     """When the run's execution ended. An interrupted run's finished_at is when a reconciler
-    marked it: it ended when its worker died, or when its last attempt failed and waited for a
-    retry that never came, whichever is known and first. A running run with finished_at set
-    waits for a retry (activities.py): nobody executes it."""
+    marked it: it ended when its worker died, when its last attempt failed and waited for a
+    retry that never came, or when its activity stopped to wait for the database (it claims
+    the run again once the database is back, and its record then says so), whichever is known
+    and first. A running run with finished_at set waits for a retry (activities.py): nobody
+    executes it."""
     assert bench.checked_at is not None
     if record.status == Status.INTERRUPTED:
         name = bench.schedules[record.schedule].name
+        waits = [
+            at
+            for at, iteration in logs.database_waits.get(record.schedule, [])
+            if at >= record.started_at and iteration in (None, record.iteration)
+        ]
         known = [
             moment
             for moment in (
                 death_of(bench, record.worker, record.started_at),
                 logs.attempt_ended.get((name, record.iteration, record.attempts)),
+                min(waits, default=None),
             )
             if moment is not None
         ]
@@ -216,7 +236,7 @@ def check_http(bench: Bench) -> list[str]:
     found = [
         f"GET {r.path} → {r.status} {bench.rel(r.at)}: {r.note}{nearby(bench, r.at)}"
         for r in bench.requests
-        if r.status >= 500
+        if r.status >= 500 and not database_was_away(bench, r)
     ]
     found += [
         f"{a.kind} {bench.schedules[a.schedule or 0].name} {bench.rel(a.at)} raised "
@@ -225,6 +245,18 @@ def check_http(bench: Bench) -> list[str]:
         if a.outcome == "raised"
     ]
     return found
+
+
+def database_was_away(bench: Bench, request: Any) -> bool:
+    """A 503 "Database unavailable" during a database fault (or its pool's wait after it): the
+    answer the site gives while its database is away, not a failure."""
+    if request.status != 503 or request.note != "Database unavailable":
+        return False
+    return any(
+        fault.at - timedelta(seconds=1) <= request.at <= fault.end + timedelta(seconds=5)
+        for fault in bench.faults
+        if fault.kind in DATABASE_FAULT_KINDS
+    )
 
 
 INVARIANTS = {
@@ -240,6 +272,8 @@ INVARIANTS = {
     "stopped_with_orchestration": "no live orchestration for a stopped schedule (settled)",
     "action_outcome_mismatch": "each schedule as its last operator action left it (settled)",
     "http_500": "no HTTP 500 (pages, and operator actions that raised)",
+    "rows_miscounted": "a run's counts equal what it deleted (each row the bench made is still "
+    "there, or gone and counted by one run)",
 }
 
 
@@ -264,5 +298,6 @@ def check(bench: Bench, observed: Observed) -> tuple[dict[str, list[str] | None]
         "stopped_with_orchestration": stopped_live,
         "action_outcome_mismatch": mismatched,
         "http_500": check_http(bench),
+        "rows_miscounted": list(bench.rows.found),
     }
     return findings, {"finish_lines": finish_lines, "unreachable_samples": unreachable}

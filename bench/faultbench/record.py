@@ -26,6 +26,7 @@ RUN_ONCE = CleanupSchedule.MissedRuns.RUN_ONCE
 RUNNING, PAUSED, STOPPED = "running", "paused", "stopped"
 STATE_ACTIONS = {"start", "terminate", "pause", "resume", "restart"}
 UNREACHABLE = control.Outcome.ENGINE_UNREACHABLE.value
+DATABASE_UNAVAILABLE = "database unavailable"  # an action whose database went away under it
 # The line a worker logs when it has executed an iteration (not a timeout's or a retry's).
 RUN_LINE = re.compile(
     r"cleanups\.runs: run schedule=(?P<name>\S+) iteration=(?P<iteration>\d+) "
@@ -35,6 +36,14 @@ RUN_LINE = re.compile(
 RETRY_LINE = re.compile(
     r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO cleanups\.runs: run "
     r"schedule=(?P<name>\S+) iteration=(?P<iteration>\d+) failed \(attempt (?P<attempt>\d+) of"
+)
+# An activity whose database went away: it stops executing the run there, waits, and claims
+# it again (a new execution) once the database is back.
+# (Before it named the iteration it said "run of schedule <pk>:".)
+DATABASE_WAIT_LINE = re.compile(
+    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) WARNING cleanups\.runs: run "
+    r"(?:schedule_id=(?P<pk>\d+) iteration=(?P<iteration>\d+)|of schedule (?P<old>\d+)): "
+    r"the database is unavailable"
 )
 # Not ended by its own execution: still running, a gap's record, or its worker died.
 NOT_ENDED = {Status.RUNNING, Status.SKIPPED, Status.INTERRUPTED}
@@ -161,6 +170,11 @@ class Bench:
         self.requests: list[Request] = []
         self.stop_operating = threading.Event()
         self.stop_watching = threading.Event()
+        # Set while a database fault lasts: the operator waits (its clicks would answer 503).
+        self.database_down = threading.Event()
+        from bench.faultbench.dbfaults import Rows
+
+        self.rows = Rows()
         self.began = timezone.now()
         self.settle_started: datetime | None = None
         self.checked_at: datetime | None = None
@@ -184,7 +198,7 @@ class Bench:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for name in ("lock", "stop_operating", "stop_watching"):
+        for name in ("lock", "stop_operating", "stop_watching", "database_down"):
             state.pop(name)
         return state
 
@@ -193,6 +207,8 @@ class Bench:
         if self._index is None:
             index: dict[tuple[int | None, str], list[Action]] = defaultdict(list)
             for action in sorted(self.actions, key=lambda a: a.at):
+                if not_done(action):
+                    continue
                 index[action.schedule, action.kind].append(action)
             self._index = index
         if len(kinds) == 1:
@@ -215,6 +231,16 @@ class Bench:
         if moment is None:
             return "-"
         return f"t+{(moment - self.began).total_seconds():.1f}s"
+
+
+def not_done(action: Action) -> bool:
+    """A start, pause, resume ... that the database's going away undid (in the admin, a 503):
+    the desired state read back afterwards is the one before. No state change for the checks."""
+    return (
+        action.outcome == DATABASE_UNAVAILABLE
+        and action.kind in STATE_ACTIONS
+        and action.after == action.before
+    )
 
 
 def actions_of(bench: Bench, pk: int) -> list[Action]:

@@ -13,7 +13,7 @@ from django.template.loader import render_to_string
 from django.utils.safestring import SafeString
 
 from cleanups.control import Outcome
-from cleanups.instances import EngineUnavailable, fetch_runtime_states, runtime_status_label
+from cleanups.instances import EngineUnavailable, runtime_states, runtime_status_label
 from cleanups.models import CleanupSchedule
 
 ENGINE_UNREACHABLE = "engine unreachable"
@@ -41,7 +41,7 @@ MESSAGE_LEVELS = {
 
 
 class ScheduleChangeList(ChangeList):
-    """Fetches the engine's state of the page's schedules in one batched call."""
+    """Asks the engine for the state of the schedules on the page, by id (never the fleet's)."""
 
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
@@ -50,7 +50,7 @@ class ScheduleChangeList(ChangeList):
             # redirects to asks the engine.
             return
         try:
-            states = fetch_runtime_states(s.instance_id for s in self.result_list)
+            states = runtime_states([s.instance_id for s in self.result_list])
         except EngineUnavailable:
             messages.warning(
                 request,

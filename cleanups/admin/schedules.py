@@ -24,7 +24,7 @@ from cleanups.admin.helpers import (
     status_badge,
     swap,
 )
-from cleanups.cadence import preview_times
+from cleanups.cadence import preview_times, window_of
 from cleanups.declared import DEFINITION_FIELDS
 from cleanups.formatting import human_duration
 from cleanups.forms import CleanupScheduleForm
@@ -86,6 +86,8 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
                     "timezone",
                     "start_at",
                     "end_at",
+                    "window_start",
+                    "window_end",
                     "upcoming_runs",
                 ]
             },
@@ -107,6 +109,10 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
         (
             "Safety: how much a run may delete",
             {"fields": ["max_rows_per_run", "max_table_fraction", "archive"]},
+        ),
+        (
+            "Kind to the database",
+            {"fields": ["max_rows_per_second", "vacuum"]},
         ),
         (
             "State",
@@ -137,7 +143,7 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         # A schedule being added has no state yet: show only what the operator fills in.
         if obj is None:
-            return self.fieldsets[:4]
+            return [fieldset for fieldset in self.fieldsets if fieldset[0] != "State"]
         fieldsets = self.fieldsets
         if not may_view_runs(request):
             # Runs' error text and the links to run pages are for those who may view runs.
@@ -205,6 +211,9 @@ class CleanupScheduleAdmin(admin.ModelAdmin):
                 times = [t.isoformat(timespec="seconds") for t in preview_times(schedule)]
             except ValueError:
                 times = []
+        window = window_of(schedule)
+        if times and window is not None:
+            times.append(window.describe(schedule.timezone))
         return format_html(
             '<div id="upcoming-runs" data-url="{}" aria-live="polite">{}</div>',
             reverse("cleanups:cadence_preview"),

@@ -1,6 +1,7 @@
 """Alerts: a JSON POST to each webhook of a schedule (``alert_webhooks``) and of the site
 (``ALERT_WEBHOOKS``) when a failure streak starts, the schedule recovers, it is paused after
-failures, a stuck run is restarted, a run times out or a run is held for approval.
+failures, a stuck run is restarted, a run times out, a run is held for approval or a schedule's
+retention backlog goes over CLEANUP_BACKLOG_ALERT_SECONDS.
 
 - ``events``: what an alert says (the generic body; Slack's ``{"text": ...}`` for
   ``hooks.slack.com``; a Teams MessageCard for ``*.webhook.office.com``).
@@ -12,6 +13,7 @@ failures, a stuck run is restarted, a run times out or a run is held for approva
 
 from cleanups.alerts.delivery import flush, send, targets
 from cleanups.alerts.events import (
+    BACKLOG,
     FAILING,
     HELD,
     PAUSED,
@@ -27,6 +29,7 @@ from cleanups.alerts.events import (
 )
 
 __all__ = [
+    "BACKLOG",
     "FAILING",
     "HELD",
     "PAUSED",

@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from cleanups.conf import settings
+from cleanups.formatting import behind_label, rows_label
 from cleanups.models import AlertDelivery, CleanupRun, CleanupSchedule
 from cleanups.webhooks import hostname
 
@@ -19,6 +20,7 @@ PAUSED = Event.PAUSED
 STUCK = Event.STUCK
 TIMED_OUT = Event.TIMED_OUT
 HELD = Event.HELD
+BACKLOG = Event.BACKLOG
 
 
 def payload(
@@ -69,6 +71,8 @@ def _run(run: CleanupRun | None) -> dict[str, Any] | None:
 
 def _summary(event: str, schedule: CleanupSchedule, run: CleanupRun | None, failures: int) -> str:
     name = f"Cleanup schedule “{schedule.name}”"
+    if event == BACKLOG:
+        return _backlog_summary(name, schedule, run)
     which = f"run {run.iteration}" if run is not None else "its run"
     plural = "" if failures == 1 else "s"
     return {
@@ -79,6 +83,21 @@ def _summary(event: str, schedule: CleanupSchedule, run: CleanupRun | None, fail
         TIMED_OUT: f"{name}: {which} timed out and was abandoned.",
         HELD: f"{name}: {which} is held for approval and deleted nothing.",
     }.get(event, f"{name}: {event}.")
+
+
+def _backlog_summary(name: str, schedule: CleanupSchedule, run: CleanupRun | None) -> str:
+    """The run's measurement (it knows whether the count was capped), else the schedule's."""
+    details = run.details if run is not None and isinstance(run.details, dict) else {}
+    measured = details.get("backlog")
+    if isinstance(measured, dict):
+        seconds, rows = measured.get("seconds"), measured.get("rows")
+        capped = bool(measured.get("capped"))
+    else:
+        seconds, rows, capped = schedule.backlog_seconds, schedule.backlog_rows, False
+    if not seconds:
+        return f"{name} is behind its retention policy."
+    left = f" ({rows_label(rows, capped)} left)" if rows else ""
+    return f"{name} is {behind_label(seconds)} behind its retention policy{left}."
 
 
 def site_url(path: str) -> str:
@@ -94,6 +113,7 @@ _EMOJI = {
     STUCK: ":warning:",
     TIMED_OUT: ":hourglass:",
     HELD: ":raised_hand:",
+    BACKLOG: ":snail:",
 }
 _COLOURS = {
     FAILING: "D13438",
@@ -101,6 +121,7 @@ _COLOURS = {
     PAUSED: "D13438",
     STUCK: "F2C744",
     HELD: "F2C744",
+    BACKLOG: "F2C744",
 }
 
 

@@ -24,5 +24,9 @@ def age_cutoff(days: float) -> datetime:
 
 
 def capped(ctx: CleanupContext) -> str:
-    """A note for a run that stopped at the most its approval allows."""
-    return ", the most its approval allows (more are due)" if ctx.capped else ""
+    """A note for a run that stopped at the most its approval, or its row cap, allows."""
+    if ctx.capped:
+        return ", the most its approval allows (more are due)"
+    if ctx.capped_by_row_cap and not ctx.dry_run:
+        return f", the most one run deletes ({ctx.row_cap:,}); the next runs take the rest"
+    return ""

@@ -87,6 +87,8 @@ def delete_old_files(ctx: CleanupContext) -> str:
             # Counted first, as rows are: the guard may hold the run before a file goes.
             found: list[list[str]] = []
             counted, _, _ = _delete_files_under(ctx, root_fd, root, cutoff, count_into=found)
+            cap = ctx.cap_left()  # the most this run takes: the guard judges that
+            counted = counted if cap is None else min(counted, cap)
             ctx.guard("files", {"files": counted}, {}, lambda: found)
         files, bytes_freed, finished = _delete_files_under(ctx, root_fd, root, cutoff)
         if not finished:
@@ -99,6 +101,8 @@ def delete_old_files(ctx: CleanupContext) -> str:
         os.close(root_fd)
     verb = "Would free" if ctx.dry_run else "Freed"
     capped = " (the most its approval allows)" if ctx.capped else ""
+    if ctx.capped_by_row_cap:
+        capped = f" (the most one run deletes, {ctx.row_cap:,}; the next runs take the rest)"
     return f"{verb} {bytes_freed} byte(s) in {files} file(s){capped}.{ctx.kept_message()}"
 
 
@@ -140,6 +144,10 @@ def _delete_files_under(
     files = bytes_freed = 0
     batch_files = batch_bytes = 0
     counting = count_into is not None
+    # Once the run may delete no more (its cap, its window), the walk goes on to measure what
+    # is left: the backlog, from this scan (a dry run measures all it would delete).
+    leaving = ctx.dry_run
+    left, oldest_left = 0, None
     kept: dict[str, int] = {}
     held = holds.source().directory_holds()
 
@@ -173,29 +181,41 @@ def _delete_files_under(
             if reason is not None:
                 kept[reason] = kept.get(reason, 0) + 1
                 continue
+            if not counting and not leaving:
+                allowed = ctx.left_to_delete("files")
+                cap = ctx.cap_left()
+                if allowed is not None and batch_files >= allowed:
+                    ctx.capped = leaving = True
+                elif cap is not None and batch_files >= cap:
+                    ctx.capped_by_row_cap = leaving = True
+                if leaving:
+                    report()
+            if leaving and not counting:
+                left += 1
+                oldest_left = min(oldest_left or info.st_mtime, info.st_mtime)
+                if not ctx.dry_run:
+                    continue
             if counting:
                 if len(count_into) < SAMPLE_FILES:
                     count_into.append([path, f"{info.st_size} bytes"])
-            elif not ctx.dry_run:
-                left = ctx.left_to_delete("files")
-                if left is not None and batch_files >= left:
-                    ctx.capped = True
-                    report()
-                    walk.close()
-                    return files, bytes_freed, True
-                if not _delete_file(ctx, name, dir_fd, path):
-                    continue
+            elif not ctx.dry_run and not _delete_file(ctx, name, dir_fd, path):
+                continue
             files += 1
             bytes_freed += info.st_size
             batch_files += 1
             batch_bytes += info.st_size
             if batch_files >= FILES_PER_BATCH:
                 report()
-            if not counting and ctx.out_of_time():
+            if not counting and not leaving and ctx.out_of_time():
                 report()
-                walk.close()
-                return files, bytes_freed, False
+                if ctx.unfinished:  # its part's time: the next part goes on
+                    walk.close()
+                    return files, bytes_freed, False
+                leaving = True  # its window closed: what is left is measured
     report()
+    if not counting:
+        behind = max(cutoff - oldest_left, 0.0) if oldest_left is not None else 0.0
+        ctx.backlog = {"seconds": behind, "rows": left, "capped": False}
     return files, bytes_freed, True
 
 

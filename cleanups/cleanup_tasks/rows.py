@@ -16,6 +16,7 @@ from cleanups.registry import (
     Params,
     cleanup_task,
     delete_in_batches,
+    measure_backlog,
     positive_days,
     reject_unknown,
 )
@@ -41,8 +42,10 @@ def _validate_expired_sessions(params: Params) -> Params:
 def expired_sessions(ctx: CleanupContext) -> str:
     from django.contrib.sessions.models import Session
 
-    expired = Session.objects.filter(expire_date__lt=timezone.now())
-    delete_in_batches(ctx, expired, ctx.params.get("batch_size"))
+    now = timezone.now()
+    expired = Session.objects.filter(expire_date__lt=now)
+    delete_in_batches(ctx, expired, ctx.params.get("batch_size"), oldest_first="expire_date")
+    measure_backlog(ctx, expired, "expire_date", now)
     verb = "Would delete" if ctx.dry_run else "Deleted"
     return f"{verb} {ctx.items} expired session(s){capped(ctx)}.{ctx.kept_message()}"
 
@@ -109,7 +112,9 @@ def delete_old_rows(ctx: CleanupContext) -> str:
     if not isinstance(field, models.DateTimeField):
         cutoff = cutoff.date()
     rows = model._base_manager.filter(**params["filter"], **{f"{params['field']}__lt": cutoff})
-    delete_in_batches(ctx, rows, params.get("batch_size"))
+    delete_in_batches(ctx, rows, params.get("batch_size"), oldest_first=params["field"])
+    if not ctx.unfinished:
+        measure_backlog(ctx, rows, params["field"], cutoff)
     verb = "Would delete" if ctx.dry_run else "Deleted"
     days = f"{params['older_than_days']:g}"
     return f"{verb} {ctx.items} row(s) older than {days} day(s){capped(ctx)}.{ctx.kept_message()}"

@@ -44,8 +44,8 @@ def first_run(schedule: CleanupSchedule) -> datetime:
     now = timezone.now()
     first = schedule.start_at if schedule.start_at and schedule.start_at > now else now
     if schedule.cadence == CleanupSchedule.Cadence.CRON:
-        first = schedule.cadence_rule().next_after(first)
-    return first
+        return schedule.cadence_rule().next_after(first)
+    return schedule.cadence_rule().into_window(first)
 
 
 def new_generation(schedule: CleanupSchedule, **fields: Any) -> None:

@@ -7,28 +7,87 @@ import functools
 import logging
 from typing import Any
 
-from django.db import connections
+from django.db import InterfaceError, OperationalError, connections
+from django.utils import timezone
 from durabletask import task
 
 from cleanups.conf import settings
+from cleanups.contract import WorkerStopping
+from cleanups.engine.ontime import at_run_thread_end
+from cleanups.formatting import one_line
 from cleanups.models import CleanupRun
+from cleanups.runs import worker
 from cleanups.runs.execute import execute_iteration
 from cleanups.runs.records import dispatch_lead_seconds
 from cleanups.runs.timeouts import record_timeout
 
 logger = logging.getLogger("cleanups.runs")
+# While the database is away, an activity tries again after 0.5 s, 1 s, 2 s ... at most 5 s
+# apart, for at most a minute in all (then it fails, and the orchestration's recovery takes
+# over).
+DATABASE_FIRST_WAIT, DATABASE_MAX_WAIT, DATABASE_WAIT_LIMIT = 0.5, 5.0, 60.0
 
 
 def _closing_connections(function: Any) -> Any:
     @functools.wraps(function)
     def activity(ctx: task.ActivityContext, input: Any) -> Any:
         try:
-            return function(ctx, input)
+            return _through_database_outages(function, ctx, input)
         finally:
-            # Activities run on the SDK's thread pool; a connection left open per thread leaks.
-            connections.close_all()
+            # A connection left open per thread leaks; a cleanup-run thread runs run after
+            # run, and keeps what it may (SQLite's) until it ends.
+            if at_run_thread_end(connections.close_all):
+                worker.let_go_of_connections()
+            else:
+                connections.close_all()
 
     return activity
+
+
+def _through_database_outages(function: Any, ctx: task.ActivityContext, input: Any) -> Any:
+    """Run the activity; while the database is away (a restart, a dropped connection, SQLite
+    locked beyond its busy timeout), wait for it and run it again. The run life cycle is
+    idempotent (the engine delivers at least once, and this is one more delivery), and its
+    counts are committed with each batch, so a second go neither runs twice nor counts twice.
+    Failing the activity instead would fail the orchestration, and leave its run ``running``
+    on a live worker that nobody would ever finish."""
+    wait, waited = DATABASE_FIRST_WAIT, 0.0
+    again = False
+    while True:
+        try:
+            if again:
+                _let_go_of_the_run(input)
+            return function(ctx, input)
+        except (OperationalError, InterfaceError) as error:
+            if waited >= DATABASE_WAIT_LIMIT:
+                raise
+            given = input if isinstance(input, dict) else {}
+            logger.warning(
+                "run schedule_id=%s iteration=%s: the database is unavailable (%s); "
+                "trying again in %.1f s",
+                given.get("schedule_id", "?"),
+                given.get("iteration", "?"),
+                one_line(error),
+                wait,
+            )
+        connections.close_all()  # a broken connection is not used again
+        if worker.STOPPING.wait(wait):
+            raise WorkerStopping("this worker is shutting down")
+        waited += wait
+        wait = min(wait * 2, DATABASE_MAX_WAIT)
+        again = True
+
+
+def _let_go_of_the_run(input: Any) -> None:
+    """Before the activity goes again: its run, left ``running`` by this worker when the
+    database went away, is executed by nobody now (the next delivery takes it over, counts and
+    all); otherwise it would wait for itself, as for another delivery on a live worker."""
+    if isinstance(input, dict) and "schedule_id" in input:
+        CleanupRun.objects.running().filter(
+            schedule_id=int(input["schedule_id"]),
+            worker=worker.worker_id(),
+            finished_at__isnull=True,
+        ).update(finished_at=timezone.now())
 
 
 @_closing_connections

@@ -11,6 +11,7 @@ from types import FrameType
 from durabletask import worker as dt_worker
 
 from cleanups.conf import settings
+from cleanups.durable.election import ask_for_sweep
 from cleanups.durable.reconciler import Reconciler
 from cleanups.durable.registration import ACTIVITIES, ORCHESTRATORS, register
 from cleanups.engine.config import EngineConfig, EngineMode
@@ -56,6 +57,8 @@ class WorkerHost:
             if self.config.mode is EngineMode.EMBEDDED:
                 self.engine = build_embedded_engine(self.config)
                 self.write(f"Embedded engine listening on {self.engine.start()}")
+                # A new engine is an empty one: whichever worker reconciles, sweep now.
+                ask_for_sweep()
             # Beat before taking work: another worker handed this one's run must see it alive,
             # or it would run the same iteration beside it.
             self.reconciler.beat()
@@ -63,6 +66,13 @@ class WorkerHost:
             self.write("Registered orchestrators: " + ", ".join(f.__name__ for f in ORCHESTRATORS))
             self.write("Registered activities: " + ", ".join(f.__name__ for f in ACTIVITIES))
             self.worker.start()
+            # The lease is renewed beside the passes, so a long one (a sweep) keeps it.
+            threading.Thread(
+                target=self.reconciler.election.keep,
+                args=(self.stopping,),
+                name="cleanups-lease",
+                daemon=True,
+            ).start()
             self.write(f"Worker {self.reconciler.worker} started. Press Ctrl+C to stop.")
             while not self.stopping.is_set():
                 self.reconciler.tick()

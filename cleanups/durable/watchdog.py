@@ -8,7 +8,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from cleanups import alerts, instances, metrics
@@ -28,10 +28,46 @@ class Watchdog:
     """Mixed into the Reconciler: its pass ends with ``restart_stuck``."""
 
     stopping: threading.Event
+    backoff_cap: float
     _unchanged_since: dict[str, tuple[datetime, float]]
+    _resuming_since: dict[str, float]
 
     def _running_runs(self, schedule: CleanupSchedule) -> tuple[list[CleanupRun], list[CleanupRun]]:
         raise NotImplementedError
+
+    def _due_for_recovery(self, schedule: CleanupSchedule, state: instances.State) -> bool:
+        """A failed orchestration (a bug, a lost activity: not a failed cleanup) is recorded
+        and started again after 5 s, 10 s, 20 s ... (capped), while the admin says recovering."""
+        now = timezone.now()
+        if schedule.recovering_since is not None:
+            wait = min(5.0 * 2 ** max(schedule.recover_attempts - 1, 0), self.backoff_cap)
+            if now < schedule.recovering_since + timedelta(seconds=wait):
+                return False
+        error = state.failure_details.message if state.failure_details else "unknown failure"
+        CleanupSchedule.objects.filter(pk=schedule.pk).update(
+            recovering_since=now,
+            recover_attempts=F("recover_attempts") + 1,
+            last_error=f"Orchestration failed: {error}",
+            status_reason="Recovering: the orchestration failed and is being restarted.",
+        )
+        logger.warning("reconciler: orchestration of %s failed (%s); restarting", schedule, error)
+        return True
+
+    def _resume_is_lost(self, schedule: CleanupSchedule) -> bool:
+        """A running schedule that its engine still reports suspended after resumes for
+        STUCK_RUN_GRACE_SECONDS: its orchestration is restarted, its count going on (an engine
+        can lose a resume; the embedded one did under freezes). True if it was."""
+        first = self._resuming_since.setdefault(schedule.instance_id, time.monotonic())
+        if time.monotonic() - first < settings.STUCK_RUN_GRACE_SECONDS:
+            return False
+        del self._resuming_since[schedule.instance_id]
+        if not restart(schedule, "its resume was lost"):
+            return True
+        CleanupSchedule.objects.filter(pk=schedule.pk).update(
+            status_reason="Restarted: the engine kept it suspended although it was resumed."
+        )
+        logger.warning("reconciler: schedule %s restarted: its resume was lost", schedule)
+        return True
 
     def restart_stuck(self, states: dict[str, State]) -> int:
         """The watchdog: a live orchestration that is overdue by STUCK_RUN_GRACE_SECONDS, that

@@ -17,6 +17,7 @@ from durabletask.internal.grpc_interceptor import _ClientCallDetails
 
 from cleanups.conf import settings
 from cleanups.engine.config import EngineConfig, EngineMode, engine_config
+from cleanups.engine.counting import COUNTING_INTERCEPTOR
 from cleanups.engine.embedded import EmbeddedEngine
 from cleanups.engine.ontime import OnTimeSchedulerWorker, OnTimeWorker
 
@@ -77,7 +78,10 @@ def build_client(
 ) -> dt_client.TaskHubGrpcClient:
     """A new client for the configured engine. Most code wants the shared `get_client()`."""
     config = config or engine_config()
-    interceptors = [_DeadlineInterceptor(call_timeout or settings.ENGINE_CALL_TIMEOUT)]
+    interceptors = [
+        _DeadlineInterceptor(call_timeout or settings.ENGINE_CALL_TIMEOUT),
+        COUNTING_INTERCEPTOR,
+    ]
     if config.mode is EngineMode.EMBEDDED:
         return dt_client.TaskHubGrpcClient(
             host_address=config.address,
@@ -117,6 +121,7 @@ def build_worker(
         return OnTimeWorker(
             host_address=config.address,
             secure_channel=False,
+            interceptors=[COUNTING_INTERCEPTOR],
             concurrency_options=concurrency,
             channel_options=_CLIENT_CHANNEL,
             logger=WORKER_LOGGER,
@@ -126,6 +131,7 @@ def build_worker(
         taskhub=config.taskhub,
         token_credential=_credential(config),
         secure_channel=config.secure,
+        interceptors=[COUNTING_INTERCEPTOR],
         concurrency_options=concurrency,
         channel_options=_CLIENT_CHANNEL,
         logger=WORKER_LOGGER,

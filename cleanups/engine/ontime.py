@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from durabletask.internal import orchestrator_service_pb2 as pb
 from cleanups.contract import RUN_CLEANUP_ACTIVITY, WorkerStopping
 
 WORKER_LOGGER = logging.getLogger("durabletask.worker")
+RUN_THREAD_NAME = "cleanup-run"
 
 
 class _StartsOnTime:
@@ -34,15 +36,19 @@ class _StartsOnTime:
     that time exactly, so a whole fleet due at one instant starts at that instant. These
     threads exist only around runs: at most MOST_AT_ONCE at once (fewer if the worker's
     activity limit is lower); more runs queue, the one due first taken first, by the next
-    thread whose run ends."""
+    thread whose run ends. A thread whose run ends waits IDLE_SECONDS for another before it
+    ends: a busy worker reuses its threads (and what each keeps, its database connection)
+    rather than starting one per run."""
 
     MOST_AT_ONCE = 128
+    IDLE_SECONDS = 10.0
     ACTIVITY = RUN_CLEANUP_ACTIVITY
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._runs_lock = threading.Condition()
         self._run_threads = 0
+        self._idle_run_threads = 0
         # (when it is due, arrival order, the work): due now is 0.0, ahead of any planned time.
         self._run_queue: list[tuple[float, int, tuple[Any, ...]]] = []
         self._arrivals = itertools.count()
@@ -60,13 +66,16 @@ class _StartsOnTime:
         stream = getattr(self, "_response_stream", None) if ahead else None
         work = (req, stub, completionToken, stream)
         with self._runs_lock:
-            if self._run_threads >= self._most_runs_at_once():
+            # An idle thread takes it, unless the idle ones have more queued than they are.
+            spare = self._idle_run_threads > len(self._run_queue)
+            if spare or self._run_threads >= self._most_runs_at_once():
                 due = planned.timestamp() if ahead and planned is not None else 0.0
                 heapq.heappush(self._run_queue, (due, next(self._arrivals), work))
+                self._runs_lock.notify()  # an idle thread, if one waits, takes it
                 return
             self._run_threads += 1
         threading.Thread(
-            target=self._run_runs, args=(work,), name="cleanup-run", daemon=True
+            target=self._run_runs, args=(work,), name=RUN_THREAD_NAME, daemon=True
         ).start()
 
     def _most_runs_at_once(self) -> int:
@@ -77,20 +86,38 @@ class _StartsOnTime:
         return min(self.MOST_AT_ONCE, limit) if limit else self.MOST_AT_ONCE
 
     def _run_runs(self, work: tuple[Any, ...] | None) -> None:
-        while work is not None:
-            req, stub, completionToken, stream = work
-            _HANDED_OVER.still_held = lambda stream=stream: stream is None or stream.is_active()
-            try:
-                super()._execute_activity(req, stub, completionToken)  # type: ignore[misc]
-            except Exception:
-                WORKER_LOGGER.exception("A cleanup run failed outside its activity.")
-            finally:
-                _HANDED_OVER.still_held = None
-            with self._runs_lock:
-                work = heapq.heappop(self._run_queue)[2] if self._run_queue else None
-                if work is None:
-                    self._run_threads -= 1
-                    self._runs_lock.notify_all()
+        try:
+            while work is not None:
+                self._run_one(work)
+                work = self._next_run()
+        finally:
+            for callback in _RUN_THREAD.__dict__.pop("at_end", {}).values():
+                callback()
+
+    def _run_one(self, work: tuple[Any, ...]) -> None:
+        req, stub, completionToken, stream = work
+        _HANDED_OVER.still_held = lambda: stream is None or stream.is_active()
+        try:
+            super()._execute_activity(req, stub, completionToken)  # type: ignore[misc]
+        except Exception:
+            WORKER_LOGGER.exception("A cleanup run failed outside its activity.")
+        finally:
+            _HANDED_OVER.still_held = None
+
+    def _next_run(self) -> tuple[Any, ...] | None:
+        """The queued run due first, waiting IDLE_SECONDS for one; None: this thread ends."""
+        with self._runs_lock:
+            if not self._run_queue and not self._runs_closed:
+                self._idle_run_threads += 1
+                self._runs_lock.wait_for(
+                    lambda: self._run_queue or self._runs_closed, self.IDLE_SECONDS
+                )
+                self._idle_run_threads -= 1
+            if self._run_queue and not self._runs_closed:
+                return heapq.heappop(self._run_queue)[2]
+            self._run_threads -= 1
+            self._runs_lock.notify_all()
+            return None
 
     def stop(self) -> None:
         """Stop as the SDK's worker does, waiting for the runs in progress too (the SDK waits
@@ -98,6 +125,7 @@ class _StartsOnTime:
         with self._runs_lock:
             self._runs_closed = True
             self._run_queue.clear()
+            self._runs_lock.notify_all()  # idle threads end
             while self._run_threads:
                 self._runs_lock.wait()
         super().stop()  # type: ignore[misc]
@@ -105,6 +133,20 @@ class _StartsOnTime:
 
 # Per thread: whether the run this thread holds ahead of its time is still this worker's.
 _HANDED_OVER = threading.local()
+
+
+# Per cleanup-run thread: what to do when the thread ends (it runs run after run till then).
+_RUN_THREAD = threading.local()
+
+
+def at_run_thread_end(callback: Callable[[], None]) -> bool:
+    """Call ``callback`` when this cleanup-run thread ends (once, however often asked); False,
+    and nothing registered, on any other thread."""
+    if threading.current_thread().name != RUN_THREAD_NAME:
+        return False
+    at_end = _RUN_THREAD.__dict__.setdefault("at_end", {})
+    at_end.setdefault(id(callback), callback)
+    return True
 
 
 def delivery_lost() -> bool:

@@ -6,13 +6,13 @@ from cleanups.contract import INSTANCE_ID_PREFIX
 from cleanups.models.alerts import AlertDelivery
 from cleanups.models.holds import CleanupHold, HoldQuerySet
 from cleanups.models.runs import CleanupRun, RunQuerySet
+from cleanups.models.schedule_queries import ScheduleQuerySet
 from cleanups.models.schedules import (
     MIN_INTERVAL,
     CleanupSchedule,
-    ScheduleQuerySet,
     _default_timezone,  # migration 0003 names it here
 )
-from cleanups.models.workers import WorkerHeartbeat
+from cleanups.models.workers import ReconcilerLease, WorkerHeartbeat
 
 __all__ = [
     "INSTANCE_ID_PREFIX",
@@ -22,6 +22,7 @@ __all__ = [
     "CleanupRun",
     "CleanupSchedule",
     "HoldQuerySet",
+    "ReconcilerLease",
     "RunQuerySet",
     "ScheduleQuerySet",
     "WorkerHeartbeat",

@@ -17,6 +17,7 @@ class AlertDelivery(models.Model):
         STUCK = "stuck_run", "Stuck run restarted"
         TIMED_OUT = "timed_out", "Run timed out"
         HELD = "run_held", "Run held for approval"
+        BACKLOG = "backlog", "Retention backlog over the limit"
 
     class Status(models.TextChoices):
         DELIVERED = "delivered", "Delivered"

@@ -108,6 +108,11 @@ class CleanupRun(models.Model):
         blank=True,
         help_text='What went, per target: {"targets": {"app.Model": {"items": n, "bytes": b}}}.',
     )
+    throttled_seconds = models.FloatField(
+        default=0.0,
+        help_text="Time the run held back between batches: replica lag, max_rows_per_second, "
+        "CLEANUP_BATCH_PAUSE_MS.",
+    )
     parts = models.PositiveIntegerField(
         default=1, help_text="Activity calls this run took (a long cleanup resumes in parts)."
     )
@@ -201,4 +206,5 @@ class CleanupRun(models.Model):
             items_deleted=self.items_deleted,
             details=self.details,
             archive_parts=self.archive_parts,
+            throttled_seconds=self.throttled_seconds,
         )

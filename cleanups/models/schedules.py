@@ -8,13 +8,14 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import OuterRef, Subquery
 from django.urls import reverse
+from django.utils.timezone import now as utc_now
 
 from cleanups import cadence
 from cleanups.access import DeployedCode
 from cleanups.conf import settings
 from cleanups.contract import INSTANCE_ID_PREFIX
+from cleanups.models.schedule_queries import ScheduleQuerySet
 from cleanups.models.validation import ScheduleValidation
 from cleanups.tasks.registry import task_choices
 
@@ -24,24 +25,6 @@ def _default_timezone() -> str:
 
 
 MIN_INTERVAL = cadence.MIN_INTERVAL
-
-
-class ScheduleQuerySet(models.QuerySet["CleanupSchedule"]):
-    def should_run(self) -> ScheduleQuerySet:
-        return self.filter(desired_state=CleanupSchedule.DesiredState.RUNNING)
-
-    def alive(self) -> ScheduleQuerySet:
-        """Schedules whose orchestration should exist: running or paused."""
-        return self.exclude(desired_state=CleanupSchedule.DesiredState.STOPPED)
-
-    def with_last_run(self) -> ScheduleQuerySet:
-        """Annotate the newest run's status and start time (two subqueries, not a query per row)."""
-        runs = self.model._meta.get_field("runs").related_model._default_manager
-        newest = runs.filter(schedule=OuterRef("pk")).order_by("-iteration")
-        return self.annotate(
-            last_run_status=Subquery(newest.values("status")[:1]),
-            last_run_started_at=Subquery(newest.values("started_at")[:1]),
-        )
 
 
 class CleanupSchedule(ScheduleValidation, models.Model):
@@ -87,7 +70,7 @@ class CleanupSchedule(ScheduleValidation, models.Model):
     timezone = models.CharField(
         max_length=64,
         default=_default_timezone,
-        help_text="Cron cadence: the IANA time zone the expression is read in.",
+        help_text="The IANA time zone a cron expression and a run window are read in.",
     )
     start_at = models.DateTimeField(
         null=True,
@@ -130,8 +113,8 @@ class CleanupSchedule(ScheduleValidation, models.Model):
     max_rows_per_run = models.PositiveBigIntegerField(
         null=True,
         blank=True,
-        help_text="A run that would delete more rows than this is held for approval and "
-        "deletes nothing. Blank: the site's CLEANUP_MAX_ROWS_PER_RUN; 0: no limit.",
+        help_text="A run deletes at most this many rows, oldest first; a bigger backlog goes "
+        "in the runs after it. Blank: the site's CLEANUP_MAX_ROWS_PER_RUN; 0: no limit.",
     )
     max_table_fraction = models.FloatField(
         null=True,
@@ -147,6 +130,31 @@ class CleanupSchedule(ScheduleValidation, models.Model):
         help_text="Write the rows (files: move the files) to the archive storage before they "
         "are deleted, so that manage.py restorerun can bring them back. Blank: the site's "
         "CLEANUP_ARCHIVE_BY_DEFAULT.",
+    )
+    window_start = models.TimeField(
+        null=True,
+        blank=True,
+        help_text="Run only from this wall-clock time (in the schedule's time zone), e.g. "
+        "01:00. A run due outside the window waits for it to open; one still deleting when it "
+        "closes stops after its batch and the next run goes on. Blank (with window end): any time.",
+    )
+    window_end = models.TimeField(
+        null=True,
+        blank=True,
+        help_text="Run only until this wall-clock time; before the start means the window "
+        "crosses midnight (22:00 to 05:00).",
+    )
+    max_rows_per_second = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Delete at most this many rows a second, pausing between batches. Blank: no cap.",
+    )
+    vacuum = models.BooleanField(
+        default=False,
+        help_text="After a big delete, VACUUM (ANALYZE) the table on PostgreSQL (never VACUUM "
+        "FULL) and PRAGMA incremental_vacuum on SQLite with incremental auto-vacuum, so "
+        "the space is reused. A big delete is always followed by ANALYZE.",
     )
     max_iterations = models.PositiveIntegerField(
         null=True,
@@ -224,8 +232,27 @@ class CleanupSchedule(ScheduleValidation, models.Model):
         help_text="The state its declaration asked for at the last syncschedules: a sync applies "
         "the declared state only when it changes, so an operator's pause outlives a sync.",
     )
+    backlog_seconds = models.FloatField(
+        null=True,
+        editable=False,
+        help_text="How far behind its retention policy the table is after the last run: the "
+        "age of the oldest row it should already have deleted, past the cutoff (0: none).",
+    )
+    backlog_rows = models.PositiveBigIntegerField(
+        null=True,
+        editable=False,
+        help_text="Rows left that the policy says should be gone (capped).",
+    )
+    backlog_at = models.DateTimeField(null=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    changed_at = models.DateTimeField(
+        default=utc_now,
+        db_index=True,
+        editable=False,
+        help_text="When its desired state, generation or definition last changed (each save, "
+        "and each update of those): the reconciler's pass looks at what changed since the last.",
+    )
 
     objects = ScheduleQuerySet.as_manager()
 
@@ -236,6 +263,7 @@ class CleanupSchedule(ScheduleValidation, models.Model):
         return self.name
 
     def save(self, *args: object, **kwargs: object) -> None:
+        self.changed_at = utc_now()  # an edit may change anything the engine runs
         super().save(*args, **kwargs)  # type: ignore[arg-type]
         if self.instance_id is None:
             # Derived from the primary key, which never repeats, so one schedule has one
@@ -293,6 +321,7 @@ class CleanupSchedule(ScheduleValidation, models.Model):
             anchor=self.anchor_at or self.start_at,
             cron=self.cron,
             timezone=self.timezone,
+            window=cadence.window_of(self),
         )
 
     def snapshot(self) -> dict[str, object]:
@@ -312,6 +341,11 @@ class CleanupSchedule(ScheduleValidation, models.Model):
             "max_rows_per_run": self.row_limit,
             "max_table_fraction": self.table_fraction_limit,
             "archive": self.archives,
+            "window": [str(self.window_start), str(self.window_end)]
+            if cadence.window_of(self)
+            else None,
+            "max_rows_per_second": self.max_rows_per_second,
+            "vacuum": self.vacuum,
         }
 
     @property

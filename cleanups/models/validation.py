@@ -96,6 +96,17 @@ class ScheduleValidation:
             )
         if self.start_at and self.end_at and self.end_at <= self.start_at:
             errors.setdefault("end_at", []).append("The end must come after the start.")
+        start, end = getattr(self, "window_start", None), getattr(self, "window_end", None)
+        if (start is None) != (end is None):
+            missing = "window_end" if end is None else "window_start"
+            errors.setdefault(missing, []).append(
+                "A run window needs both a start and an end (or neither: any time)."
+            )
+        elif start is not None and start == end:
+            errors.setdefault("window_end", []).append(
+                "The window must end at another time than it starts (leave both blank to run "
+                "at any time)."
+            )
         if self.interval is not None and self.interval > cadence.MAX_INTERVAL:
             errors.setdefault("interval", []).append(
                 f"The interval can be at most {cadence.MAX_INTERVAL.days} days."

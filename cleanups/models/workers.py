@@ -42,3 +42,21 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class ReconcilerLease(models.Model):
+    """Which worker reconciles: one at a time, whatever the number of workers. The holder renews
+    it while it lives; a worker that finds it expired takes it over (see durable.election)."""
+
+    name = models.CharField(max_length=50, primary_key=True)
+    holder = models.CharField(max_length=200, help_text="The worker (WorkerHeartbeat.worker).")
+    acquired_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    sweep_asked_at = models.DateTimeField(
+        null=True,
+        help_text="A worker started an embedded engine (new, empty) then: the reconciler's next "
+        "pass sweeps, and clears it.",
+    )
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.holder}"

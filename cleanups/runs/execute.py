@@ -13,8 +13,6 @@ from datetime import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import connections
-from django.db.models import F
 from django.utils import timezone
 
 from cleanups import metrics
@@ -22,15 +20,11 @@ from cleanups.conf import settings
 from cleanups.contract import WorkerStopping
 from cleanups.engine.ontime import delivery_lost
 from cleanups.models import CleanupRun, CleanupSchedule
-from cleanups.runs import safety, worker
+from cleanups.runs import backlog, bounds, safety, worker
+from cleanups.runs.claims import begin_run, look, wait_for_the_run_before
 from cleanups.runs.missed import handle_missed_slots
 from cleanups.runs.planning import plan_next
-from cleanups.runs.records import (
-    RetryableCleanupError,
-    abandon_run,
-    advance_iteration,
-    stop,
-)
+from cleanups.runs.records import RetryableCleanupError, abandon_run, read_schedule, stop
 from cleanups.tasks.context import CleanupContext, HeldForReview
 from cleanups.tasks.registry import get_task
 
@@ -51,35 +45,26 @@ def execute_iteration(
     generation: int | None = None,
     deadline: str | None = None,
 ) -> dict[str, Any]:
-    schedule = CleanupSchedule.objects.filter(pk=schedule_id).first()
+    started_at = None
+    scheduled = part == 0 and trigger != Trigger.MANUAL and bool(planned_at)
+    if scheduled and timezone.now() < datetime.fromisoformat(planned_at or ""):
+        # Handed over ahead of its time (CLEANUP_DISPATCH_LEAD_SECONDS): it starts at that time
+        # exactly (never early, whatever held it), and reads its schedule as it stands then. A
+        # fleet's runs wait together: none holds a database connection meanwhile (a server has
+        # a hundred or so, a pool twenty).
+        worker.let_go_of_connections()
+        worker.wait_until(datetime.fromisoformat(planned_at or ""))
+        started_at = timezone.now()
+    if scheduled and delivery_lost():
+        raise WorkerStopping("the engine that handed this run over took it back")
+    schedule = read_schedule(schedule_id)
     refused = refusal(schedule, schedule_id, iteration, part, generation)
     if refused is not None:
         return refused
     assert schedule is not None
-    started_at = None
-    if part == 0 and trigger != Trigger.MANUAL and planned_at:
-        planned = datetime.fromisoformat(planned_at)
-        if timezone.now() < planned:
-            # Handed over ahead of its time (CLEANUP_DISPATCH_LEAD_SECONDS): what can be done
-            # before, is; it starts at that time exactly (never early, whatever held it), and
-            # runs as the schedule stands then.
-            wait_for_the_run_before(schedule, iteration)
-            # A fleet's runs wait together: none holds a database connection meanwhile (a
-            # server has a hundred or so, a pool twenty).
-            connections.close_all()
-            worker.wait_until(planned)
-            started_at = timezone.now()
-        if delivery_lost():
-            raise WorkerStopping("the engine that handed this run over took it back")
-        if started_at is not None:
-            schedule = CleanupSchedule.objects.filter(pk=schedule_id).first()
-            refused = refusal(schedule, schedule_id, iteration, part, generation)
-            if refused is not None:
-                return refused
-            assert schedule is not None
-        if schedule.desired_state == CleanupSchedule.DesiredState.PAUSED:
-            # Paused before it began: it does not run now. Resumed, it is planned again.
-            return {"continue": True, "deferred": True, "reason": "", "status": ""}
+    if scheduled and schedule.desired_state == CleanupSchedule.DesiredState.PAUSED:
+        # Paused before it began: it does not run now. Resumed, it is planned again.
+        return {"continue": True, "deferred": True, "reason": "", "status": ""}
     if part == 0 and schedule.end_at and timezone.now() >= schedule.end_at:
         CleanupSchedule.objects.filter(pk=schedule_id).update(
             desired_state=CleanupSchedule.DesiredState.STOPPED,
@@ -89,20 +74,26 @@ def execute_iteration(
         return stop(iteration, "end_at reached")
 
     worker.stop_if_stopping()
+    seen = look(schedule_id, iteration)
+    if part == 0 and wait_for_the_run_before(schedule, iteration, seen):
+        seen = look(schedule_id, iteration)  # what it ran meanwhile
     if part == 0 and started_at is None:
-        wait_for_the_run_before(schedule, iteration)
         started_at = timezone.now()  # its time has come and its predecessor is done
     if part == 0 and trigger in (Trigger.SCHEDULED, Trigger.CATCH_UP) and planned_at:
         # A catch-up is planned "at once"; if it comes late all the same, the slots that went
         # by meanwhile follow the policy too.
-        plan = handle_missed_slots(schedule, iteration, datetime.fromisoformat(planned_at))
+        planned = datetime.fromisoformat(planned_at)
+        plan = handle_missed_slots(schedule, iteration, planned, seen.this)
         if plan is not None:
             if plan.get("skip"):
                 return plan["result"]
             iteration, trigger = plan["iteration"], Trigger.CATCH_UP
+            seen = look(schedule_id, iteration)
 
     plan_at = None if trigger == Trigger.MANUAL or not planned_at else planned_at
-    run = begin_run(schedule, iteration, part, trigger, triggered_by, plan_at, started_at)
+    run = begin_run(
+        schedule, iteration, part, trigger, triggered_by, plan_at, started_at, seen.this
+    )
     if isinstance(run, dict):
         return run  # another delivery ran it (or it timed out): its outcome, not a second run
     iteration = run.iteration
@@ -120,9 +111,12 @@ def execute_iteration(
         cleanup.params = task_spec.clean_params(schedule.params)
         # Rights change: the editor must still be entitled to every deletion, at every run.
         cleanup.entitlement = task_spec.entitle(cleanup.params, lambda: schedule.deletes_as)
-        safety.arm(cleanup, schedule, run, part)
-        message = task_spec.function(cleanup) or ""
+        safety.arm(cleanup, schedule, run, part, approvals=seen.approvals)
+        bounds.bound(cleanup, schedule, run, deadline)
+        message = (task_spec.function(cleanup) or "") + cleanup.stopped_message()
         status = Status.SUCCEEDED
+    except WorkerStopping:
+        raise  # stopped while it waited between batches: the engine delivers the run again
     except HeldForReview as hold:  # the guard: nothing deleted, a person decides
         status, held = Status.HELD, hold
         message = f"Held for approval: {hold.reason}. Nothing was deleted."
@@ -194,6 +188,7 @@ def execute_iteration(
     metrics.run_ended(schedule.name, run)
     if held is not None:
         safety.announce_held(schedule, run)
+    backlog.record_backlog(schedule, run, cleanup.backlog)
     return plan_next(schedule_id, iteration, run, planned_at)
 
 
@@ -226,119 +221,3 @@ def part_deadline(dry_run: bool, run_deadline: str | None) -> float | None:
         left = (datetime.fromisoformat(run_deadline) - timezone.now()).total_seconds()
         deadlines.append(time.monotonic() + left)
     return min(deadlines, default=None)
-
-
-def begin_run(
-    schedule: CleanupSchedule,
-    iteration: int,
-    part: int,
-    trigger: str,
-    triggered_by: str,
-    planned_at: str | None = None,
-    started_at: datetime | None = None,
-) -> CleanupRun | dict[str, Any]:
-    """The iteration's run record, created or taken over; or, when another delivery of it ran
-    (or it timed out), the outcome to return instead of running it a second time."""
-    while True:
-        existing = after_other_delivery(schedule, iteration, planned_at)
-        if existing is not None:
-            return existing
-        run, created = CleanupRun.objects.get_or_create(
-            schedule=schedule,
-            iteration=iteration,
-            defaults={
-                "task": schedule.task,
-                "dry_run": schedule.dry_run,
-                "planned_at": datetime.fromisoformat(planned_at) if planned_at else None,
-                "started_at": started_at or timezone.now(),
-                "worker": worker.worker_id(),
-                "trigger": trigger,
-                "triggered_by": triggered_by,
-                "config": schedule.snapshot(),
-            },
-        )
-        if not created and run.status == Status.SKIPPED and part == 0:
-            # A slot recorded as missed (an older orchestration planned past it while this
-            # delivery waited): it stays so, and this run takes the next iteration.
-            iteration += 1
-            continue
-        if created or take_over(run, part, schedule.task):
-            advance_iteration(schedule, iteration)
-            return run
-        # Another delivery began it between our look and our claim: wait for that one.
-
-
-def take_over(run: CleanupRun, part: int, task_name: str) -> bool:
-    """Claim a run record that exists already for this delivery, if nobody executes it: one
-    conditional UPDATE on what was read, so of two deliveries that race only one wins."""
-    executing = (
-        run.status == Status.RUNNING and run.finished_at is None and worker.alive(run.worker)
-    )
-    if executing:
-        return False
-    changes: dict[str, Any] = {
-        "status": Status.RUNNING,
-        "finished_at": None,
-        "duration": None,
-        "worker": worker.worker_id(),
-    }
-    if part == 0:
-        # A redelivery or a retry: this iteration's record is reused, never duplicated. Counts
-        # stay: they were committed with the rows they describe (a dry run deleted nothing, so
-        # its count starts again).
-        changes.update(attempts=F("attempts") + 1, task=task_name)
-        if run.dry_run:
-            changes.update(items_deleted=0, details={})
-    else:
-        changes["parts"] = part + 1
-    as_read = CleanupRun.objects.filter(
-        pk=run.pk,
-        status=run.status,
-        worker=run.worker,
-        attempts=run.attempts,
-        parts=run.parts,
-        finished_at=run.finished_at,
-    )
-    if not as_read.update(**changes):
-        return False
-    run.refresh_from_db()
-    return True
-
-
-def wait_for_the_run_before(schedule: CleanupSchedule, iteration: int) -> None:
-    """One run of a schedule at a time: a run that an earlier orchestration started (one
-    restarted, or terminated and started again, while it ran) and that still executes on a live
-    worker finishes first. Bounded by the schedule's run limit."""
-    others = CleanupRun.objects.running().filter(schedule=schedule, finished_at=None)
-    others = others.exclude(iteration=iteration)
-    give_up = time.monotonic() + (schedule.run_limit or 3600)
-    while time.monotonic() < give_up:
-        run = others.first()
-        if run is None or not worker.alive(run.worker):
-            return
-        worker.stop_if_stopping()
-        time.sleep(0.2)
-
-
-def after_other_delivery(
-    schedule: CleanupSchedule, iteration: int, planned_at: str | None
-) -> dict[str, Any] | None:
-    """One iteration, one execution at a time: while another worker that is alive runs this
-    iteration (the engine delivered it twice), wait for it, then return its outcome. None when
-    nobody else is running it: this delivery runs it (again, if its worker died)."""
-    runs = CleanupRun.objects.filter(schedule=schedule, iteration=iteration)
-    while True:
-        run = runs.first()
-        if run is None or run.status in (Status.INTERRUPTED, Status.SKIPPED):
-            return None
-        if run.status == Status.TIMED_OUT:
-            return stop(iteration, "abandoned after its timeout", run.status)
-        if run.status != Status.RUNNING:
-            # Finished: a delivery whose result never reached the engine. Its outcome stands.
-            return plan_next(schedule.pk, iteration, run, planned_at, count_failure=False)
-        # Running with finished_at set: between two parts, or waiting for a retry; no one is
-        # executing it, so this delivery takes it over.
-        if run.finished_at is not None or not worker.alive(run.worker):
-            return None
-        worker.stop_if_stopping()
-        time.sleep(0.5)

@@ -21,10 +21,10 @@ Trigger = CleanupRun.Trigger
 
 
 def handle_missed_slots(
-    schedule: CleanupSchedule, iteration: int, planned: datetime
+    schedule: CleanupSchedule, iteration: int, planned: datetime, existing: CleanupRun | None
 ) -> dict[str, Any] | None:
     """Apply the missed-run policy when a scheduled (or catch-up) run starts late; None if
-    nothing was missed.
+    nothing was missed. ``existing``: the iteration's record as just read, if it has one.
 
     Idempotent: a redelivery finds the skipped row it wrote and makes the same decision. Slots
     that cannot be computed count as none missed: the planned run runs, and its planning stops
@@ -32,7 +32,6 @@ def handle_missed_slots(
     """
     if iteration == schedule.start_iteration:
         return None  # a start's first run is what was asked for, however late it comes
-    existing = CleanupRun.objects.filter(schedule=schedule, iteration=iteration).first()
     if existing is not None and existing.status != Status.SKIPPED:
         return None  # a redelivery of the run itself
     now = timezone.now()

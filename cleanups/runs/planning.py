@@ -12,7 +12,7 @@ from cleanups.cadence import UncomputableRun
 from cleanups.models import CleanupRun, CleanupSchedule
 from cleanups.runs import failures
 from cleanups.runs.missed import record_skipped
-from cleanups.runs.records import stop, stop_for_its_cadence
+from cleanups.runs.records import read_schedule, stop, stop_for_its_cadence
 
 logger = logging.getLogger("cleanups.runs")
 Status = CleanupRun.Status
@@ -28,7 +28,7 @@ def plan_next(
     count_failure: bool = True,
 ) -> dict[str, Any]:
     # Read the schedule again: an operator may have edited or stopped it during the run.
-    schedule = CleanupSchedule.objects.filter(pk=schedule_id).first()
+    schedule = read_schedule(schedule_id)
     status = run.status
     if schedule is None:
         return stop(iteration, "schedule deleted", status)
@@ -55,7 +55,7 @@ def plan_next(
         except UncomputableRun as error:
             return stop_for_its_cadence(schedule, iteration, str(error), status)
     if schedule.start_at and next_run_at < schedule.start_at:
-        next_run_at = schedule.start_at
+        next_run_at = schedule.cadence_rule().into_window(schedule.start_at)
     healed = {"recovering_since": None, "recover_attempts": 0} if schedule.recovering_since else {}
     CleanupSchedule.objects.filter(pk=schedule_id).update(next_run_at=next_run_at, **healed)
     return {
@@ -89,5 +89,5 @@ def next_after_run(
         record_skipped(schedule, next_iteration, skipped, "overran", next_run_at, finished)
         next_iteration += 1
     if run_once:
-        return finished, next_iteration, Trigger.CATCH_UP
+        return rule.into_window(finished), next_iteration, Trigger.CATCH_UP
     return rule.next_after(finished, finished), next_iteration, Trigger.SCHEDULED

@@ -20,7 +20,14 @@ class ArchiveUnavailable(Exception):
     """The run should archive, and the archive storage cannot be used: nothing is deleted."""
 
 
-def arm(cleanup: CleanupContext, schedule: CleanupSchedule, run: CleanupRun, part: int) -> None:
+def arm(
+    cleanup: CleanupContext,
+    schedule: CleanupSchedule,
+    run: CleanupRun,
+    part: int,
+    approvals: bool = True,
+) -> None:
+    """Arm the run; ``approvals`` False: the schedule has no approved held run to carry out."""
     if run.dry_run:
         return  # counts only: nothing to guard, cap or archive
     if schedule.archives:
@@ -29,7 +36,7 @@ def arm(cleanup: CleanupContext, schedule: CleanupSchedule, run: CleanupRun, par
             raise ArchiveUnavailable(problem)
         cleanup.archive = Archiver(f"{schedule.pk}/{run.pk}")
     approval = run.approval_of if run.approval_of_id else None
-    if approval is None and part == 0:
+    if approval is None and part == 0 and approvals:
         approval = take_approval(schedule, run)
     if approval is not None:
         cleanup.allowance, _ = allowance(approval.review)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from cleanups.access import Entitlement
@@ -55,6 +56,26 @@ class CleanupContext:
         # Rows and files holds kept, by the hold's reason.
         self.kept: dict[str, int] = dict(details.get("kept", {}))
         self.capped = False
+        self.capped_by_row_cap = False  # it stopped at row_cap: the runs after it go on
+        # Kind to the database, set by the run: the most items the run may delete (None: no
+        # cap; a bigger backlog goes oldest first, the rest in the runs after it), when its
+        # window closes (an aware datetime), when the run as a whole must end (time.monotonic()),
+        # and what paces its batches (cleanups.tasks.pacing.Pacer).
+        self.row_cap: int | None = None
+        self.window_closes: datetime | None = None
+        self.run_ends: float | None = None
+        self.pacer: Any = None
+        self.vacuum = False  # VACUUM after a big delete (the schedule's "vacuum")
+        # Why the run stopped for good before it had deleted everything ("window closed").
+        self.stopped = ""
+        self.throttled = float(getattr(run, "throttled_seconds", 0.0) or 0.0)
+        self.held_back: dict[str, float] = dict(details.get("held_back", {}))
+        # The retention backlog the task measured (measure_backlog), and table sizes and
+        # maintenance after a big delete, per target.
+        self.backlog: dict[str, Any] | None = None
+        self.tables: dict[str, dict[str, Any]] = dict(details.get("tables", {}))
+        # Called while waiting (between batches): raises when the worker stops.
+        self.check_stop: Callable[[], None] | None = None
 
     @property
     def items(self) -> int:
@@ -99,10 +120,46 @@ class CleanupContext:
         return "".join(f" {n} kept by hold '{reason}'." for reason, n in self.kept.items() if n)
 
     def out_of_time(self) -> bool:
-        """True once this part of the run has used its time; stop and the loop resumes it."""
+        """True once this part of the run has used its time (stop, and the loop resumes it in
+        another part), or its window has closed (stop: the run ends, the next goes on)."""
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.unfinished = True
-        return self.unfinished
+        closes = self.window_closes
+        if not self.stopped and closes is not None and datetime.now(UTC) >= closes:
+            self.stop("window closed")
+        return self.unfinished or bool(self.stopped)
+
+    def stop(self, reason: str) -> None:
+        """End the run after the current batch, as succeeded, saying why ("window closed")."""
+        self.stopped = self.stopped or reason
+
+    def cap_left(self) -> int | None:
+        """How many more items this run may delete under its row cap (None: no cap)."""
+        if self.row_cap is None:
+            return None
+        return max(self.row_cap - self.items, 0)
+
+    def hold_back(self, reason: str, seconds: float) -> None:
+        """Record ``seconds`` spent waiting between batches for ``reason``."""
+        if seconds <= 0:
+            return
+        self.throttled += seconds
+        self.held_back[reason] = self.held_back.get(reason, 0.0) + seconds
+        self._save()  # a wait shows on the run's page as it happens
+
+    def table_noted(self, target: str, **facts: Any) -> None:
+        """Record facts about a target's table (sizes, ANALYZE, VACUUM) on the run."""
+        self.tables.setdefault(target, {}).update(facts)
+        self._save()
+
+    def stopped_message(self) -> str:
+        """ " Window closed, 1,234 left." for a run that stopped early, else ""."""
+        if not self.stopped:
+            return ""
+        left = self.backlog.get("rows") if self.backlog else None
+        more = "more than " if self.backlog and self.backlog.get("capped") else ""
+        count = f", {more}{left:,} left" if left is not None else ""
+        return f" {self.stopped[0].upper()}{self.stopped[1:]}{count}."
 
     def _save(self) -> None:
         if self.run is None:
@@ -113,5 +170,10 @@ class CleanupContext:
         details = {**(self.run.details or {}), "targets": self.targets}
         if self.kept:
             details["kept"] = self.kept
+        if self.held_back:
+            details["held_back"] = {k: round(v, 3) for k, v in self.held_back.items()}
+        if self.tables:
+            details["tables"] = self.tables
         self.run.details = details
+        self.run.throttled_seconds = round(self.throttled, 3)
         self.run.save_counts()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from django.db import connections, models, transaction
+from django.db import connections, models
 from django.db.models.deletion import (
     CASCADE,
     DO_NOTHING,
@@ -14,9 +15,20 @@ from django.db.models.deletion import (
     get_candidate_relations_to_delete,
 )
 
+from cleanups.tasks import maintenance
 from cleanups.tasks.archive import columns, lines_of, plain_fields
 from cleanups.tasks.context import CleanupContext
-from cleanups.tasks.holds import held_keys
+from cleanups.tasks.holds import held_keys, without_held
+from cleanups.tasks.locks import in_batch_transaction
+from cleanups.tasks.measure import sample_of, table_rows
+from cleanups.tasks.ranges import (
+    SPAN_MAX,
+    integer_key,
+    keyset_batches,
+    page_batches,
+    pages_allowed,
+    span_batches,
+)
 
 # With no batch size given, batches grow or shrink to take about this long: long enough that
 # per-batch costs vanish, far below what would keep another writer waiting noticeably.
@@ -27,13 +39,20 @@ BatchDeleter = Callable[[int], "tuple[int, dict[str, int]]"]
 
 
 def delete_in_batches(
-    ctx: CleanupContext, queryset: models.QuerySet[Any], batch_size: int | None = None
+    ctx: CleanupContext,
+    queryset: models.QuerySet[Any],
+    batch_size: int | None = None,
+    *,
+    oldest_first: str | None = None,
+    keyset: bool | None = None,
 ) -> None:
     """Delete what ``queryset`` matches, one batch per short transaction.
 
     Each batch goes the cheapest way that is still correct:
-    - nothing depends on the rows: ``DELETE ... WHERE pk IN (SELECT pk ... LIMIT n)``, the
-      database's own fast path (through QuerySet.delete());
+    - nothing depends on the rows: by primary-key range (keyset: ``DELETE ... WHERE <filter>
+      AND pk > last AND pk <= next``, ``next`` the batch's last key in key order), so no batch
+      reads again what the batches before it went past; ``keyset=False`` (or a table without a
+      single-column key) deletes ``WHERE pk IN (SELECT pk ... LIMIT n)`` instead;
     - rows cascade to tables that need nothing else (no signals, no further relations): the
       SQL Django's collector would run, without building a model instance per row;
     - anything else (signals, SET_NULL, PROTECT, deeper cascades): Django's collector itself.
@@ -45,10 +64,17 @@ def delete_in_batches(
 
     Safety, in this order: the model is checked against what the schedule's editor may delete;
     rows under a legal hold (or whose deletion would cascade to held rows) are left alone, the
-    holds read again at every batch; a guarded run counts first and its guard may hold it
-    (nothing deleted); an approved run deletes at most what was approved; with an archiver,
-    each batch's rows (and what cascades from them) are written to a closed archive part
-    before the batch's DELETE commits, and the part is recorded with the batch's counts.
+    holds read again at every batch; a run with a row cap takes at most that many, the oldest
+    first (by ``oldest_first``, a date field, then the key; without it by key), and leaves the
+    rest to the runs after it; a guarded run counts first and its guard may hold it (nothing
+    deleted); an approved run deletes at most what was approved; with an archiver, each
+    batch's rows (and what cascades from them) are written to a closed archive part before the
+    batch's DELETE commits, and the part is recorded with the batch's counts.
+
+    Kind to the database: after each batch the run's pacer may hold it back (a pause, a rate,
+    a lagging replica), a closing window ends it after the batch, and a big deletion is followed
+    by ANALYZE (and VACUUM, when the schedule asks) of the table, its size recorded before and
+    after (cleanups.tasks.maintenance).
     """
     model, db = queryset.model, queryset.db
     label = model._meta.label
@@ -56,25 +82,42 @@ def delete_in_batches(
         ctx.entitlement.check(model)
     holds = held_keys(model, db)
     _count_kept(ctx, queryset, holds)
-    rows = _without(queryset, holds)
+    rows = without_held(queryset, holds)
     if ctx.dry_run:
         ctx.would_delete(label, rows.count())
         return
+    cap = ctx.cap_left()
+    total = rows.count() if ctx.guard is not None or cap is not None else None
+    oldest: models.Q | None = None
+    if cap is not None and total is not None and total > cap:
+        # A backlog bigger than one run may take: the oldest go now, the rest in the next runs.
+        ctx.capped_by_row_cap = True
+        if cap == 0:
+            return
+        oldest, total = _oldest(rows, cap, oldest_first), cap
+        rows = rows.filter(oldest)
+    sizes = None
     if ctx.guard is not None:
         counts = {target: done.get("items", 0) for target, done in ctx.targets.items()}
-        counts[label] = counts.get(label, 0) + rows.count()
-        ctx.guard(label, counts, {label: table_rows(model, db)}, lambda: sample_of(rows))
-    size = batch_size or AUTO_BATCH_FIRST
+        counts[label] = counts.get(label, 0) + (total or 0)
+        sizes = {label: table_rows(model, db)}
+        ctx.guard(label, counts, sizes, lambda: sample_of(rows))
+    maintenance.before(ctx, model, db, total, sizes)
     reasons = [reason for reason, _ in holds]
     plan = sql_cascade_plan(queryset)
-    delete_batch = _batches(ctx, rows, plan)
+    by_range = keyset is not False and _keyset_allowed(ctx, rows, plan)
+    delete_batch = _batches(ctx, rows, plan, by_range, batch_size)
+    most = SPAN_MAX if getattr(delete_batch, "spans", False) else AUTO_BATCH_MAX
+    size = batch_size or getattr(delete_batch, "first", AUTO_BATCH_FIRST)
     while not ctx.out_of_time():
         fresh = held_keys(model, db)
         if [reason for reason, _ in fresh] != reasons:  # a hold came or went: from this batch
             holds, reasons = fresh, [reason for reason, _ in fresh]
             _count_kept(ctx, queryset, holds)
-            rows = _without(queryset, holds)
-            delete_batch = _batches(ctx, rows, plan)
+            rows = without_held(queryset, holds)
+            if oldest is not None:
+                rows = rows.filter(oldest)
+            delete_batch = _batches(ctx, rows, plan, by_range, batch_size)
         left = ctx.left_to_delete(label)
         if left is not None and left < size:
             if left == 0:
@@ -82,23 +125,43 @@ def delete_in_batches(
                 break
             size = left
         started = time.monotonic()
-        with transaction.atomic(using=db):
-            taken, counts = delete_batch(size)
-            for target, count in counts.items():
-                if count:
-                    ctx.deleted(target, count)
+        done = in_batch_transaction(
+            ctx, db, label, partial(_delete_and_count, ctx, delete_batch, size)
+        )
+        if done is None:
+            break  # out of time while a lock was held elsewhere: the next part tries again
+        taken, counts = done
         if taken < size:
             break
         if batch_size is None:
             took = max(time.monotonic() - started, 1e-6)
             scale = min(max(AUTO_BATCH_SECONDS / took, 0.5), 2.0)
-            size = int(min(max(size * scale, AUTO_BATCH_MIN), AUTO_BATCH_MAX))
+            size = int(min(max(size * scale, AUTO_BATCH_MIN), most))
+        if ctx.pacer is not None:
+            ctx.pacer.after_batch(ctx, counts.get(label, 0))
+    if not ctx.unfinished:
+        maintenance.after(ctx, model, db, sizes)
 
 
-def _without(queryset: models.QuerySet[Any], holds: list[tuple[str, Any]]) -> Any:
-    for _, keys in holds:
-        queryset = queryset.exclude(pk__in=keys)
-    return queryset
+def _oldest(rows: models.QuerySet[Any], count: int, field: str | None) -> models.Q:
+    """The condition that keeps exactly the ``count`` oldest of ``rows``: by ``field`` then
+    key, or by key alone."""
+    order = [field, "pk"] if field else ["pk"]
+    last = rows.order_by(*order).values_list(*order)[count - 1]
+    if field is None:
+        return models.Q(pk__lte=last[0])
+    return models.Q(**{f"{field}__lt": last[0]}) | models.Q(**{field: last[0], "pk__lte": last[1]})
+
+
+def _keyset_allowed(
+    ctx: CleanupContext, rows: models.QuerySet[Any], plan: list[models.ForeignKey] | None
+) -> bool:
+    """Range deletes need a single-column key, and the database's fast path: nothing that
+    cascades, nothing to archive."""
+    opts = rows.model._meta
+    if ctx.archive is not None or plan is not None or getattr(opts, "is_composite_pk", False):
+        return False
+    return Collector(using=rows.db, origin=rows).can_fast_delete(rows)
 
 
 def _count_kept(ctx: CleanupContext, queryset: models.QuerySet[Any], holds: list[Any]) -> None:
@@ -113,35 +176,21 @@ def _count_kept(ctx: CleanupContext, queryset: models.QuerySet[Any], holds: list
 
 
 def _batches(
-    ctx: CleanupContext, rows: models.QuerySet[Any], plan: list[models.ForeignKey] | None
+    ctx: CleanupContext,
+    rows: models.QuerySet[Any],
+    plan: list[models.ForeignKey] | None,
+    by_range: bool,
+    batch_size: int | None,
 ) -> BatchDeleter:
     if ctx.archive is not None:
         return _archived_batches(ctx, rows, plan)
+    if by_range:
+        if ctx.allowance is None and batch_size is None and pages_allowed(rows):
+            return page_batches(rows)
+        if ctx.allowance is None and integer_key(rows.model):
+            return span_batches(rows)
+        return keyset_batches(rows)
     return _sql_cascade_batches(rows, plan) if plan else _collector_batches(rows)
-
-
-def table_rows(model: type[models.Model], db: str) -> int:
-    """The rows of ``model``'s table: on PostgreSQL the planner's estimate where it has one (no
-    second scan of a big table), otherwise counted."""
-    connection = connections[db]
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                [connection.ops.quote_name(model._meta.db_table)],
-            )
-            found = cursor.fetchone()
-        if found and found[0] > 0:
-            return int(found[0])
-    return model._base_manager.using(db).count()
-
-
-SAMPLE_ROWS = 20
-
-
-def sample_of(rows: models.QuerySet[Any]) -> list[list[str]]:
-    """The first rows (by primary key) a deletion would take: [pk, str()] each."""
-    return [[str(row.pk), str(row)[:200]] for row in rows.order_by("pk")[:SAMPLE_ROWS]]
 
 
 def _collector_batches(queryset: models.QuerySet[Any]) -> BatchDeleter:
@@ -154,6 +203,16 @@ def _collector_batches(queryset: models.QuerySet[Any]) -> BatchDeleter:
         return per_model.get(model._meta.label, 0), per_model
 
     return delete_batch
+
+
+def _delete_and_count(
+    ctx: CleanupContext, delete_batch: BatchDeleter, size: int
+) -> tuple[int, dict[str, int]]:
+    taken, counts = delete_batch(size)
+    for target, count in counts.items():
+        if count:
+            ctx.deleted(target, count)
+    return taken, counts
 
 
 def sql_cascade_plan(queryset: models.QuerySet[Any]) -> list[models.ForeignKey] | None:

@@ -70,6 +70,13 @@ def held_keys(
     return found
 
 
+def without_held(queryset: models.QuerySet[Any], holds: list[tuple[str, Any]]) -> Any:
+    """``queryset`` without the rows ``holds`` (held_keys) keep."""
+    for _, keys in holds:
+        queryset = queryset.exclude(pk__in=keys)
+    return queryset
+
+
 def within(path: str | Path, root: str | Path) -> bool:
     """Whether ``path`` is ``root`` or lies below it (both resolved paths)."""
     path, root = Path(path), Path(root)

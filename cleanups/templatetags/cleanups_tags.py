@@ -10,6 +10,7 @@ from django.contrib.humanize.templatetags import humanize
 from django.utils import timezone
 
 from cleanups.formatting import seconds_label
+from cleanups.runs.backlog import Backlog, of_schedule
 
 register = template.Library()
 
@@ -39,3 +40,9 @@ def start_timing(run: Any) -> str:
         f"planned {planned:%Y-%m-%d %H:%M:%S}, started {started:%H:%M:%S}."
         f"{started.microsecond // 1000:03d} ({sign}{seconds_label(abs(late))})"
     )
+
+
+@register.simple_tag
+def schedule_backlog(schedule: Any) -> Backlog | None:
+    """``{% schedule_backlog schedule as backlog %}``: its retention backlog (None: not measured)."""
+    return of_schedule(schedule)

@@ -46,6 +46,7 @@ from cleanups.reads.fleet import (
     last_runs,
     recent_runs,
 )
+from cleanups.runs.backlog import Backlog, of_schedule
 
 DASHBOARD_PER_PAGE = 50
 DASHBOARD_SORTS = {"": "needs attention first", "name": "by name"}
@@ -115,6 +116,7 @@ class DashboardRow:
     success_rate: int | None
     last: CleanupRun | None
     deleted_24h: int
+    backlog: Backlog | None = None
     html: str = ""
     digest: str = ""
 
@@ -303,6 +305,7 @@ def _page_rows(
             success_rate=rate,
             last=last and newest_ran.get(last.pk),
             deleted_24h=schedule.deleted_24h,
+            backlog=of_schedule(schedule),
         )
         # Rendered without the request: a row needs no context processor, and would run them
         # all once per row.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 from django.contrib import admin
@@ -21,9 +22,10 @@ from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
 from django.utils.functional import cached_property
 
-from cleanups.formatting import human_duration, spreadsheet_safe
+from cleanups.formatting import human_duration, seconds_label, spreadsheet_safe
 from cleanups.forms import RunFilterForm
 from cleanups.models import CleanupRun, CleanupSchedule
+from cleanups.runs.backlog import of_run
 from cleanups.views.access import run_viewer_required
 from cleanups.views.safety import review_context
 
@@ -152,12 +154,55 @@ def all_runs(request: HttpRequest) -> HttpResponse:
     return _run_list(request, runs, None)
 
 
+_MAINTENANCE = (("analyzed", "ANALYZE"), ("vacuumed", "VACUUM"))
+
+
+def _table_sizes(tables: Any) -> list[dict[str, Any]]:
+    """Each table a big delete maintained, by name: its size before and after (bytes, None when
+    unknown), the space freed (None unless both are known; 0 when it did not shrink) and the
+    maintenance that ran on it ("ANALYZE, VACUUM")."""
+    if not isinstance(tables, dict):
+        return []
+    rows = []
+    for name, sizes in sorted(tables.items()):
+        if not isinstance(sizes, dict):
+            continue
+        before, after = _bytes(sizes.get("before")), _bytes(sizes.get("after"))
+        freed = max(before - after, 0) if before is not None and after is not None else None
+        ran = ", ".join(step for key, step in _MAINTENANCE if sizes.get(key))
+        rows.append({"name": name, "before": before, "after": after, "freed": freed, "ran": ran})
+    return rows
+
+
+def _held_back(seconds: float) -> str:
+    """The time a run waited between batches ('' for none): '350 ms', '12.50 s', '3 min 5 s'."""
+    if not seconds or seconds <= 0:
+        return ""
+    return (
+        seconds_label(seconds)
+        if seconds < 60
+        else human_duration(timedelta(seconds=round(seconds)))
+    )
+
+
+def _bytes(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
 @run_viewer_required
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(CleanupRun.objects.select_related("schedule"), pk=pk)
+    details = run.details if isinstance(run.details, dict) else {}
+    tables = _table_sizes(details.get("tables"))
     context = {
         "run": run,
-        "targets": sorted((run.details or {}).get("targets", {}).items()),
+        "targets": sorted(details.get("targets", {}).items()),
+        "backlog": of_run(run),
+        "held_back": _held_back(run.throttled_seconds),
+        "tables": tables,
+        "freed": sum(t["freed"] for t in tables if t["freed"] is not None)
+        if any(t["freed"] is not None for t in tables)
+        else None,
         "config": json.dumps(run.config, indent=2, sort_keys=True),
         **review_context(request, run),
     }

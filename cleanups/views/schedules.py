@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.contrib import admin
@@ -12,10 +13,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime, parse_duration
+from django.utils.dateparse import parse_datetime, parse_duration, parse_time
 
 from cleanups import instances
-from cleanups.cadence import preview_times
+from cleanups.cadence import preview_times, window_of
 from cleanups.charts import lateness_chart, run_chart
 from cleanups.conf import settings
 from cleanups.formatting import human_duration
@@ -107,6 +108,15 @@ def cadence_preview(request: HttpRequest) -> JsonResponse:
             return refuse("interval", "Enter an interval of at least 1 second.")
         interval = MIN_INTERVAL
     draft.interval = interval
+    for field in ("window_start", "window_end"):
+        raw = values.get(field, "").strip()
+        try:
+            clock = parse_time(raw) if raw else None
+        except ValueError:  # well formed, but no such time (25:00)
+            clock = None
+        if raw and clock is None:
+            return refuse(field, f"{field} is not a time of day, e.g. 01:30.")
+        setattr(draft, field, clock)
     for field in ("start_at", "end_at"):
         raw = values.get(field, "").strip()
         try:
@@ -131,4 +141,8 @@ def cadence_preview(request: HttpRequest) -> JsonResponse:
     except (ValueError, OverflowError) as error:
         parameter = "cron" if draft.cadence == CleanupSchedule.Cadence.CRON else "interval"
         return refuse(parameter, str(error))
-    return JsonResponse({"times": labels})
+    window = window_of(draft)
+    answer: dict[str, Any] = {"times": labels}
+    if window is not None:
+        answer["window"] = window.describe(draft.timezone)
+    return JsonResponse(answer)

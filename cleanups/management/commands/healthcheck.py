@@ -12,7 +12,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connections
 
-from cleanups.health import Report, run_checks
+from cleanups.health import FAILING, WARNING, Report, run_checks
 
 
 class Command(BaseCommand):
@@ -21,8 +21,10 @@ class Command(BaseCommand):
     help = (
         "Check the site as GET /healthz does: the database answers, the engine answers, some "
         "runworker's heartbeat is younger than two reconcile intervals, no schedule is "
-        "recovering, no run has been running longer than HEALTH_STUCK_SECONDS. Prints each "
-        "check with its reason; exits 0 if all are ok, 1 if any fails."
+        "recovering, no run has been running longer than HEALTH_STUCK_SECONDS; and warns (without "
+        "failing) of schedules further behind their retention policy than "
+        "CLEANUP_BACKLOG_ALERT_SECONDS. Prints each check with its reason; exits 0 if none "
+        "fails, 1 if any does."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -47,9 +49,10 @@ class Command(BaseCommand):
 
     def table(self, report: Report) -> str:
         width = max(len(check.name) for check in report.checks)
+        styles = {FAILING: self.style.ERROR, WARNING: self.style.WARNING}
         lines = []
         for check in report.checks:
-            style = self.style.SUCCESS if check.ok else self.style.ERROR  # plain when piped
+            style = styles.get(check.status, self.style.SUCCESS)  # plain when piped
             status = style(f"{check.status:<7}")
             lines.append(f"{check.name:<{width}}  {status}  {check.reason}")
         lines.append(f"status: {report.status}")

@@ -10,10 +10,12 @@
     var date = value(prefix + "_0"), time = value(prefix + "_1");
     return date ? (date + " " + (time || "00:00:00")) : "";
   }
-  function showFor(cadence) {
+  function showFor(cadence, windowed) {
     var cron = cadence === "cron";
-    document.querySelectorAll(".field-cron, .field-timezone").forEach(function (row) {
-      row.hidden = !cron;
+    document.querySelectorAll(".field-cron").forEach(function (row) { row.hidden = !cron; });
+    // The time zone reads a cron expression and a run window.
+    document.querySelectorAll(".field-timezone").forEach(function (row) {
+      row.hidden = !(cron || windowed);
     });
   }
   var asking = 0;
@@ -23,8 +25,9 @@
     var params = new URLSearchParams({
       cadence: value("id_cadence"), interval: value("id_interval"), cron: value("id_cron"),
       timezone: value("id_timezone"), start_at: when("id_start_at"), end_at: when("id_end_at"),
+      window_start: value("id_window_start"), window_end: value("id_window_end"),
     });
-    showFor(params.get("cadence"));
+    showFor(params.get("cadence"), !!(params.get("window_start") || params.get("window_end")));
     var asked = ++asking;
     if (!params.get("interval") && params.get("cadence") !== "cron") {
       // Nothing typed yet: a hint, not an error.
@@ -39,8 +42,9 @@
       .then(function (data) {
         if (asked !== asking) return;  // a later edit's answer is on its way: this one is stale
         box.replaceChildren();
-        var lines = data.error ? [data.error] : data.times;
+        var lines = data.error ? [data.error] : data.times.slice();
         if (!lines.length) lines = ["No run before the end."];
+        if (!data.error && data.window) lines.push(data.window);
         lines.forEach(function (line) {
           var div = document.createElement("div");
           div.textContent = line;
@@ -54,7 +58,7 @@
   function later() { clearTimeout(timer); timer = setTimeout(refresh, 300); }
   document.addEventListener("DOMContentLoaded", function () {
     ["id_cadence", "id_interval", "id_cron", "id_timezone", "id_start_at_0", "id_start_at_1",
-     "id_end_at_0", "id_end_at_1"].forEach(function (id) {
+     "id_end_at_0", "id_end_at_1", "id_window_start", "id_window_end"].forEach(function (id) {
       var el = document.getElementById(id);
       if (el) { el.addEventListener("input", later); el.addEventListener("change", later); }
     });
