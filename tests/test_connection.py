@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from unittest import mock
 
@@ -192,3 +193,63 @@ def test_a_new_client_reaches_a_new_engine_on_a_port_an_old_one_used(engine_port
             engine.stop(grace=0)
         with pytest.raises(grpc.RpcError):
             client.get_orchestration_state("nobody")  # the old client's connection is down now
+
+
+class SlowHandshakeProxy:
+    """A TCP proxy in front of an engine that lets each new connection wait `delay` seconds
+    before its first byte goes through: an engine host too busy to answer a handshake at once."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target_port, self.delay = target_port, delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        time.sleep(self.delay)
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_an_engine_slow_to_answer_a_handshake_is_reached_not_reported_unreachable(
+    engine_port, settings
+):
+    # A worker starting 2,000 schedules keeps the engine host busy; a page's (or a test's) first
+    # call then waits a few hundred ms for the connection's handshake. That is a slow engine, not
+    # an unreachable one: gRPC's connect timeout must allow it.
+    engine = CountingEngine(engine_port)
+    engine.start()
+    proxy = SlowHandshakeProxy(engine_port, delay=0.5)
+    try:
+        settings.EMBEDDED_ENGINE_PORT = str(proxy.port)
+        client = build_client(engine_config(), 3.0)
+        assert client.get_orchestration_state("nobody") is None
+        assert proxy.connections == 1, "one attempt, not one per backoff step"
+    finally:
+        proxy.close()
+        engine.stop(grace=0)

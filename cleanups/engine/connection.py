@@ -60,14 +60,18 @@ def _credential(config: EngineConfig) -> Any:
 # gRPC waits up to 120 s between attempts to reach an engine that was down, and fails every call
 # in between at once: a web process would report an engine that is back as unreachable for
 # minutes after a runworker restart. Retry the connection at least once a second instead.
+# "min_reconnect_backoff" is, despite its name, how long one attempt may take (gRPC's
+# MIN_CONNECT_TIMEOUT, the subchannel's ParseArgsForBackoffValues): give it seconds, so an engine
+# host busy enough to answer a handshake in 200 ms is reached, not reported unreachable.
 # And give each client connections of its own: gRPC shares them between channels to the same
 # address by default, so a new client for an engine that is up would inherit the failing state
 # of an older client's connection to an engine that was on that port before, and fail at once.
+CONNECT_TIMEOUT_MS = 5000
 _CLIENT_CHANNEL = GrpcChannelOptions(
     raw_options=[
         ("grpc.use_local_subchannel_pool", 1),
         ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
 )
