@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from datetime import timedelta
 
 import pytest
+from django.db import OperationalError, connection
 from django.utils import timezone
 
 from cleanups import control
@@ -36,6 +38,30 @@ def test_one_worker_holds_the_lease_until_it_releases_or_lets_it_expire():
     wait_for_clock(expires)
     assert first.try_lead() and not first.deposed.is_set()
     assert not second.try_lead() and second.deposed.is_set()
+
+
+def test_a_lease_the_database_refuses_is_lost_and_said_once_per_outage(caplog):
+    # The lease thread tries three times an interval; an outage is one warning, not a stream.
+    def refuse(execute, sql, params, many, context):
+        if "cleanups_reconcilerlease" in sql:
+            raise OperationalError("disk I/O error")
+        return execute(sql, params, many, context)
+
+    lead = Election("host:1:a", 0.2)
+    assert lead.try_lead()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cleanups.reconciler"):
+        with connection.execute_wrapper(refuse):
+            assert not any(lead.try_lead() for _ in range(5))
+            assert lead.deposed.is_set() and not lead.leading.is_set()
+        assert lead.try_lead()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "reconciler: could not renew the lease: disk I/O error",
+        "reconciler: host:1:a no longer reconciles (another worker does)",
+        "reconciler: the lease can be renewed again",
+        "reconciler: host:1:a reconciles now",
+    ]
 
 
 def _running(make_schedule, name):

@@ -1,4 +1,5 @@
-"""bench/faults.py, short: workers killed, the engine stopped and restarted, operators acting;
+"""bench/faults.py, short: workers killed, the engine stopped and restarted, the database
+restarted, locked, its connections dropped (on the suite's kind of database), operators acting;
 every guarantee must hold (0 violations). The seed is random and printed, FAULTS_SEED replays it.
 See README, "Guarantees"."""
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from django.db import connection
 
 from tests.conftest import ROOT
 
@@ -21,7 +23,10 @@ SCHEDULES = 20
 @pytest.mark.subprocess
 def test_every_guarantee_holds_under_faults(tmp_path):
     seed = os.environ.get("FAULTS_SEED") or str(random.randrange(1_000_000))
-    # Its own throwaway database under tmp_path, whatever the shell or the test run points at.
+    # The suite's kind of database (bin/test runs SQLite, then PostgreSQL), but a throwaway one
+    # of its own under tmp_path, whatever the shell or the test run points at: the bench
+    # restarts, locks and crashes it.
+    database = "postgres" if connection.vendor == "postgresql" else "sqlite"
     ignored = {"DATABASE_URL", "DJANGO_SETTINGS_MODULE", "BENCH_DATABASE_URL"}
     env = {key: value for key, value in os.environ.items() if key not in ignored}
     env["TMPDIR"] = str(tmp_path)
@@ -33,6 +38,7 @@ def test_every_guarantee_holds_under_faults(tmp_path):
             # It settles as soon as nothing is overdue; a machine busy with other tests may
             # need longer to catch up after the last engine restart.
             *("--settle", "45", "--seed", seed),
+            *("--database", database, "--database-faults"),
             "--keep",  # its database and logs stay under tmp_path for a failure's post-mortem
         ],
         cwd=ROOT,
@@ -42,7 +48,8 @@ def test_every_guarantee_holds_under_faults(tmp_path):
         timeout=SECONDS + 240,
     )
     output = (
-        f"exit status {result.returncode}, seed {seed} (FAULTS_SEED={seed} replays it)\n"
+        f"exit status {result.returncode}, {database}, seed {seed} "
+        f"(FAULTS_SEED={seed} replays it)\n"
         f"{result.stdout}\n--- stderr, its end ---\n{result.stderr[-4000:]}"
     )
     found = dict(
@@ -57,6 +64,7 @@ def test_every_guarantee_holds_under_faults(tmp_path):
     # It did what it says: runs, faults, operator actions and page views.
     assert summary["runs"] and summary["actions"] and summary["web_requests"], output
     assert sum(summary["faults"].values()), output
+    assert summary["database_faults"], f"no database fault in the run\n{output}"
     assert None not in violations.values(), f"a guarantee was not measured\n{output}"
     violated = {key: count for key, count in violations.items() if count}
     assert not violated, f"guarantees violated: {violated}\n{output}"

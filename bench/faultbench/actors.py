@@ -165,8 +165,13 @@ def operate(bench: Bench) -> None:
 # Faults (main thread: it spawns) --------------------------------------------------------------
 
 
+# With --database-faults, at least every third fault is one of the database's.
+DATABASE_FAULT_AT_LEAST_EVERY = 3
+
+
 def inject_faults(bench: Bench, until: float) -> None:
     rng = random.Random(f"{bench.seed}:faults")
+    since_database_fault = 0
     while True:
         gap = rng.uniform(2.0, 6.0)
         if time.monotonic() + gap >= until:
@@ -176,10 +181,14 @@ def inject_faults(bench: Bench, until: float) -> None:
         repertoire = {"kill worker": 4, "restart engine host": 3, "stop engine host": 3}
         if bench.args.database_faults:
             repertoire.update(dbfaults.kinds())
+            if since_database_fault == DATABASE_FAULT_AT_LEAST_EVERY - 1:
+                repertoire = dict(dbfaults.kinds())  # a short run has its database faults too
         kind = rng.choices(list(repertoire), weights=list(repertoire.values()))[0]
         if kind in dbfaults.DATABASE_FAULT_KINDS:
+            since_database_fault = 0
             bench.record(dbfaults.inject(bench, rng, kind))
             continue
+        since_database_fault += 1
         fault = Action(kind, None, timezone.now())
         if kind == "kill worker":
             child = rng.choice(bench.connectors)

@@ -5,7 +5,8 @@ PostgreSQL: the server restarted (``fast``, or ``immediate``: a crash), every ot
 the bench's database ended with ``pg_terminate_backend``, a lock on the sessions table that
 holds writes back for longer than a batch may wait (CLEANUP_LOCK_TIMEOUT_MS), and the server's
 ``statement_timeout`` and ``idle_in_transaction_session_timeout`` set low for a few seconds. SQLite: the write
-lock held by another connection for longer than the busy timeout (SQLITE_TIMEOUT).
+lock held by another connection for longer than the busy timeout (SQLITE_TIMEOUT), and the disk
+full for the workers and the web process (no file of theirs may grow, RLIMIT_FSIZE).
 
 Each fault is a window, as an engine fault is: samples and deadlines that overlap it do not
 count, and the operator waits until it is over (an operator's clicks would answer 503).
@@ -13,7 +14,9 @@ count, and the operator waits until it is over (an operator's clicks would answe
 
 from __future__ import annotations
 
+import os
 import random
+import resource
 import sqlite3
 import threading
 import time
@@ -37,7 +40,7 @@ POSTGRES_FAULTS = {
 # The server's limits for a while (ALTER SYSTEM, then a reload): a statement that runs longer,
 # or a transaction left idle longer, is ended by the server.
 STATEMENT_TIMEOUT_MS, IDLE_IN_TRANSACTION_TIMEOUT_MS = 25, 500
-SQLITE_FAULTS = {"lock database": 3}
+SQLITE_FAULTS = {"lock database": 3, "fill disk": 2}
 DATABASE_FAULT_KINDS = {*POSTGRES_FAULTS, *SQLITE_FAULTS}
 SESSIONS_TABLE = "django_session"
 # Rows arrive this often, each batch this many, expiring from this long ago to this far ahead.
@@ -98,6 +101,10 @@ def inject(bench: Bench, rng: random.Random, kind: str) -> Action:
             held = rng.uniform(3.0, 6.0)
             _hold_postgres_lock(held)
             fault.outcome = f"LOCK TABLE {SESSIONS_TABLE} IN SHARE MODE for {held:.1f} s"
+        elif kind == "fill disk":
+            held = rng.uniform(3.0, 6.0)
+            size = _fill_disk(bench, held)
+            fault.outcome = f"no file may grow past {size:,} bytes for {held:.1f} s"
         else:
             held = environment.SQLITE_BUSY_SECONDS + rng.uniform(1.0, 3.0)
             _hold_sqlite_lock(held)
@@ -126,6 +133,33 @@ def _hold_sqlite_lock(seconds: float) -> None:
         other.execute("COMMIT")
     finally:
         other.close()
+
+
+def _fill_disk(bench: Bench, seconds: float) -> int:
+    """The disk full for the workers and the web process: none of their files may grow past
+    the database file's size now (RLIMIT_FSIZE, set from here: a process of the same user may;
+    CPython ignores SIGXFSZ, so a write past it fails with EFBIG and SQLite's with "disk I/O
+    error"). Their output reaches the logs through pipes, which it does not limit. It needs no
+    privileges, where a small file system would (a tmpfs, a loop device)."""
+    size = os.path.getsize(environment.DATABASE_URL.removeprefix("sqlite:///"))
+    pids = [c.process.pid for c in [bench.web, *bench.workers] if c.process and c.running]
+    limited = []
+    try:
+        for pid in pids:
+            try:
+                resource.prlimit(pid, resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+            except ProcessLookupError:
+                continue
+            limited.append(pid)
+        time.sleep(seconds)
+    finally:
+        for pid in limited:
+            try:
+                unlimited = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
+                resource.prlimit(pid, resource.RLIMIT_FSIZE, unlimited)
+            except ProcessLookupError:
+                pass
+    return size
 
 
 # The rows to delete ---------------------------------------------------------------------------

@@ -45,6 +45,12 @@ os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
 """
 
 
+def _copy(source: Any, log: Any) -> None:
+    with source, log:
+        while chunk := source.read1(65536):
+            log.write(chunk)
+
+
 @dataclass
 class Life:
     """One start of a child process: its pid and when it started and died."""
@@ -72,14 +78,17 @@ class Child:
     def start(self) -> None:
         assert threading.current_thread() is threading.main_thread(), "see _DIE_WITH_PARENT"
         path = WORKDIR / f"{self.name}-{len(self.logs) + 1}.log"
-        with path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", _DIE_WITH_PARENT, "manage.py", *self.args],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        # Its output comes through a pipe, and this process writes the log: a child's own file
+        # writes are then only the database's, which the full-disk fault limits (RLIMIT_FSIZE).
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _DIE_WITH_PARENT, "manage.py", *self.args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        log = path.open("wb", buffering=0)
+        threading.Thread(target=_copy, args=(self.process.stdout, log), daemon=True).start()
         self.logs.append(path)
         self.lives.append(Life(self.process.pid, timezone.now()))
 

@@ -8,6 +8,7 @@ import pickle
 from collections import Counter
 from pathlib import Path
 
+from bench.faultbench.dbfaults import DATABASE_FAULT_KINDS
 from bench.faultbench.environment import EXAMPLES, GRACE, LIVENESS_LIMIT, SLACK, WORKDIR
 from bench.faultbench.invariants import INVARIANTS, check
 from bench.faultbench.record import Bench, Observed, Status
@@ -70,6 +71,7 @@ def report(
         "seed": bench.seed,
         "runs": len(runs),
         "faults": dict(Counter(f.kind for f in bench.faults)),
+        "database_faults": sum(f.kind in DATABASE_FAULT_KINDS for f in bench.faults),
         "actions": len(bench.actions),
         "web_requests": len(bench.requests),
         "samples": len(bench.samples),

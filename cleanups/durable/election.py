@@ -101,6 +101,7 @@ class Election:
         # Set when it led and lost the lease (another worker may reconcile now): a pass in
         # progress ends at the next schedule.
         self.deposed = threading.Event()
+        self.failing = False  # the last attempt met a database error
 
     def try_lead(self) -> bool:
         """One attempt: renew or take the lease. A database error loses it (another worker may
@@ -109,8 +110,14 @@ class Election:
         try:
             now = hold(self.worker, self.lease_seconds)
         except DatabaseError as error:
-            logger.warning("reconciler: could not renew the lease: %s", error)
-            now = False
+            # Once per outage: the lease thread tries three times an interval.
+            log = logger.debug if self.failing else logger.warning
+            log("reconciler: could not renew the lease: %s", error)
+            self.failing, now = True, False
+        else:
+            if self.failing:
+                logger.info("reconciler: the lease can be renewed again")
+            self.failing = False
         if now and not was:
             logger.info("reconciler: %s reconciles now", self.worker)
         elif was and not now:
