@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from cleanups.models import CleanupRun
 from cleanups.tasks.context import CleanupContext
-from cleanups.tasks.locks import LOCK_WAIT, in_batch_transaction
+from cleanups.tasks.locks import CANCELLED, LOCK_WAIT, in_batch_transaction
 from tests.conftest import run_iteration
 from tests.testapp.models import Event
 
@@ -121,3 +121,48 @@ def test_a_run_whose_table_is_locked_waits_then_deletes_and_says_so(make_schedul
     assert run.status == CleanupRun.Status.SUCCEEDED
     assert run.items_deleted == 300 and not Event.objects.exists()
     assert run.details["held_back"][LOCK_WAIT] > HOLD_SECONDS - 0.5
+
+
+def test_a_batch_the_server_cancels_goes_again_smaller_and_says_so(make_schedule, settings):
+    # A server (or a role) that gives each statement less time than a batch takes: 300 ms, and
+    # each deleted event costs 2 ms (a trigger). The batch of 400 is cancelled, then 200; 100 go.
+    if connection.vendor != "postgresql":
+        pytest.skip("statement_timeout is PostgreSQL's")
+    settings.CLEANUP_FIRST_RUN_REVIEW_ROWS = 0
+    Event.objects.bulk_create([Event(created_at=time_ago(40)) for _ in range(400)])
+    schedule = make_schedule(
+        task="delete_old_rows",
+        params={**OLD_ROWS, "batch_size": 400},
+        interval=timedelta(hours=1),
+        max_table_fraction=0,
+        desired_state="running",
+    )
+    table, database = Event._meta.db_table, connection.settings_dict["NAME"]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(0.002); RETURN OLD; END $$"
+        )
+        cursor.execute(
+            f'CREATE TRIGGER slow_delete BEFORE DELETE ON "{table}" '
+            "FOR EACH ROW EXECUTE FUNCTION slow_delete()"
+        )
+        cursor.execute(f'ALTER DATABASE "{database}" SET statement_timeout = 300')
+    _new_connections()  # the setting is read when a session begins
+    try:
+        run = run_iteration(schedule, 1)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f'ALTER DATABASE "{database}" RESET statement_timeout')
+            cursor.execute(f'DROP TRIGGER slow_delete ON "{table}"')
+            cursor.execute("DROP FUNCTION slow_delete()")
+        _new_connections()
+    assert run.status == CleanupRun.Status.SUCCEEDED, run.error
+    assert run.items_deleted == 400 and not Event.objects.exists()
+    assert run.details["held_back"][CANCELLED] > 0.5  # 400 and 200 rows' worth, at least
+
+
+def _new_connections() -> None:
+    connections.close_all()
+    if hasattr(connection, "close_pool"):
+        connection.close_pool()

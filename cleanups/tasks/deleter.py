@@ -19,7 +19,7 @@ from cleanups.tasks import maintenance
 from cleanups.tasks.archive import columns, lines_of, plain_fields
 from cleanups.tasks.context import CleanupContext
 from cleanups.tasks.holds import held_keys, without_held
-from cleanups.tasks.locks import in_batch_transaction
+from cleanups.tasks.locks import in_smaller_batches
 from cleanups.tasks.measure import sample_of, table_rows
 from cleanups.tasks.ranges import (
     SPAN_MAX,
@@ -125,12 +125,14 @@ def delete_in_batches(
                 break
             size = left
         started = time.monotonic()
-        done = in_batch_transaction(
-            ctx, db, label, partial(_delete_and_count, ctx, delete_batch, size)
+        done = in_smaller_batches(
+            ctx, db, label, partial(_delete_and_count, ctx, delete_batch), size
         )
         if done is None:
             break  # out of time while a lock was held elsewhere: the next part tries again
-        taken, counts = done
+        went, (taken, counts) = done
+        if went < size:
+            size = most = went  # the server cancelled bigger batches
         if taken < size:
             break
         if batch_size is None:

@@ -9,6 +9,11 @@ meanwhile ends its part as it would between two batches, and the next part tries
 PostgreSQL: ``SET LOCAL lock_timeout`` in the batch's transaction (SQLSTATE 55P03 when it
 expires). SQLite: the connection's busy timeout, lowered to the limit around the batch (its
 write lock is taken when the transaction begins: "database is locked").
+
+A batch the server cancels (PostgreSQL's ``statement_timeout``, SQLSTATE 57014: a server or a
+role that allows each statement less than a batch takes) rolls back too, and goes again at half
+the size, down to one row; the run keeps the smaller size, and counts the time the cancelled
+batches took (``batch cancelled``). A single row the server cancels is the database's error.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, TypeVar
 
 from django.db import OperationalError, connections, transaction
@@ -30,7 +37,13 @@ LOCK_WAIT = "lock wait"
 FIRST_WAIT_SECONDS, MAX_WAIT_SECONDS = 0.5, 10.0
 STEP_SECONDS = 0.25  # a wait checks this often whether the run must stop
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's lock_not_available
+CANCELLED = "batch cancelled"
+QUERY_CANCELED = "57014"  # PostgreSQL's query_canceled: statement_timeout, or pg_cancel_backend
 T = TypeVar("T")
+
+
+class BatchCancelled(Exception):
+    """The server cancelled the batch's statement; its transaction rolled back."""
 
 
 def is_lock_timeout(error: BaseException) -> bool:
@@ -80,6 +93,9 @@ def in_batch_transaction(ctx: Any, db: str, label: str, batch: Callable[[], T]) 
                     _limit_lock_wait(db, limit)
                 return batch()
         except OperationalError as error:
+            if getattr(error.__cause__, "sqlstate", None) == QUERY_CANCELED:
+                ctx.targets = counted
+                raise BatchCancelled(str(error)) from error
             if not limit or not is_lock_timeout(error):
                 raise
             ctx.targets = counted
@@ -95,3 +111,29 @@ def in_batch_transaction(ctx: Any, db: str, label: str, batch: Callable[[], T]) 
         if ctx.out_of_time():
             return None
         wait = min(wait * 2, MAX_WAIT_SECONDS)
+
+
+def in_smaller_batches(
+    ctx: Any, db: str, label: str, batch: Callable[[int], T], size: int
+) -> tuple[int, T] | None:
+    """``batch(size)`` as ``in_batch_transaction`` runs it; while the server cancels it, at
+    half the size. The size that went and what it returned; None when out of time."""
+    while True:
+        began = time.monotonic()
+        try:
+            done = in_batch_transaction(ctx, db, label, partial(batch, size))
+        except BatchCancelled as cancelled:
+            ctx.hold_back(CANCELLED, time.monotonic() - began)
+            if size <= 1:
+                raise cancelled.__cause__ from None  # type: ignore[misc]
+            logger.info(
+                "run %s: the server cancelled a batch of %d %s (%s); going on at %d",
+                getattr(ctx.run, "pk", "?"),
+                size,
+                label,
+                cancelled,
+                size // 2,
+            )
+            size //= 2
+            continue
+        return None if done is None else (size, done)
