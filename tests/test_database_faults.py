@@ -157,15 +157,19 @@ def test_the_web_process_answers_503_while_postgres_is_down_and_recovers_alone(p
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused-meanwhile"])
 def test_a_run_whose_connection_is_dropped_waits_for_the_database_and_is_recorded_once(
-    make_schedule,
+    make_schedule, paused
 ):
     """An operator (or a pooler) ends every session of the database while a run executes: the
     activity waits for the database and goes on (the run life cycle is idempotent), where it
-    used to fail, and so fail its orchestration, leaving the run ``running`` for ever."""
+    used to fail, and so fail its orchestration, leaving the run ``running`` for ever. A run
+    whose schedule was paused while it ran finishes too: its second go used to take it for a
+    run not yet begun, and leave its record ``running`` (the fault bench, seed 567619)."""
     import threading
 
     from django.db import connection, connections
+    from django.utils import timezone
 
     from cleanups.durable.activities import run_cleanup
     from cleanups.models import CleanupRun, CleanupSchedule
@@ -175,10 +179,12 @@ def test_a_run_whose_connection_is_dropped_waits_for_the_database_and_is_recorde
     schedule = make_schedule(task="sample", params={"seconds": 1.0}, interval=timedelta(hours=1))
     CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="running")
     outcome: dict[str, Any] = {}
+    planned_at = timezone.now().isoformat()  # a scheduled run, due now
 
     def activity() -> None:
         try:
-            outcome["result"] = run_cleanup(None, {"schedule_id": schedule.pk, "iteration": 1})
+            given = {"schedule_id": schedule.pk, "iteration": 1, "planned_at": planned_at}
+            outcome["result"] = run_cleanup(None, given)
         except Exception as error:  # what the engine would get
             outcome["error"] = error
         finally:
@@ -187,6 +193,8 @@ def test_a_run_whose_connection_is_dropped_waits_for_the_database_and_is_recorde
     thread = threading.Thread(target=activity)
     thread.start()
     wait_until(lambda: CleanupRun.objects.filter(schedule=schedule).exists())
+    if paused:  # as the admin's pause does, for the database (the engine suspends the loop)
+        CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="paused")
     with connection.cursor() as cursor:  # the run is in its task now: drop every other session
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

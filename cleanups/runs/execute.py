@@ -62,9 +62,6 @@ def execute_iteration(
     if refused is not None:
         return refused
     assert schedule is not None
-    if scheduled and schedule.desired_state == CleanupSchedule.DesiredState.PAUSED:
-        # Paused before it began: it does not run now. Resumed, it is planned again.
-        return {"continue": True, "deferred": True, "reason": "", "status": ""}
     if part == 0 and schedule.end_at and timezone.now() >= schedule.end_at:
         CleanupSchedule.objects.filter(pk=schedule_id).update(
             desired_state=CleanupSchedule.DesiredState.STOPPED,
@@ -75,6 +72,11 @@ def execute_iteration(
 
     worker.stop_if_stopping()
     seen = look(schedule_id, iteration)
+    begun = seen.this is not None and seen.this.status == Status.RUNNING
+    if scheduled and schedule.desired_state == CleanupSchedule.DesiredState.PAUSED and not begun:
+        # Paused before it began: it does not run now. Resumed, it is planned again. One that
+        # began (this delivery again, after the database went away) finishes, as any run does.
+        return {"continue": True, "deferred": True, "reason": "", "status": ""}
     if part == 0 and wait_for_the_run_before(schedule, iteration, seen):
         seen = look(schedule_id, iteration)  # what it ran meanwhile
     if part == 0 and started_at is None:
