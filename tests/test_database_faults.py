@@ -157,18 +157,21 @@ def test_the_web_process_answers_503_while_postgres_is_down_and_recovers_alone(p
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused-meanwhile"])
+@pytest.mark.parametrize("meanwhile", ["nothing", "paused", "restarted"])
 def test_a_run_whose_connection_is_dropped_waits_for_the_database_and_is_recorded_once(
-    make_schedule, paused
+    make_schedule, meanwhile
 ):
     """An operator (or a pooler) ends every session of the database while a run executes: the
     activity waits for the database and goes on (the run life cycle is idempotent), where it
     used to fail, and so fail its orchestration, leaving the run ``running`` for ever. A run
     whose schedule was paused while it ran finishes too: its second go used to take it for a
-    run not yet begun, and leave its record ``running`` (the fault bench, seed 567619)."""
+    run not yet begun, and leave its record ``running`` (the fault bench, seed 567619). One
+    whose schedule was restarted meanwhile is refused its second go, and ends interrupted: it
+    used to stay ``running`` (seed 602869, on SQLite with a full disk)."""
     import threading
 
     from django.db import connection, connections
+    from django.db.models import F
     from django.utils import timezone
 
     from cleanups.durable.activities import run_cleanup
@@ -184,6 +187,7 @@ def test_a_run_whose_connection_is_dropped_waits_for_the_database_and_is_recorde
     def activity() -> None:
         try:
             given = {"schedule_id": schedule.pk, "iteration": 1, "planned_at": planned_at}
+            given["generation"] = schedule.generation
             outcome["result"] = run_cleanup(None, given)
         except Exception as error:  # what the engine would get
             outcome["error"] = error
@@ -193,8 +197,10 @@ def test_a_run_whose_connection_is_dropped_waits_for_the_database_and_is_recorde
     thread = threading.Thread(target=activity)
     thread.start()
     wait_until(lambda: CleanupRun.objects.filter(schedule=schedule).exists())
-    if paused:  # as the admin's pause does, for the database (the engine suspends the loop)
+    if meanwhile == "paused":  # the admin's pause, for the database (the engine suspends)
         CleanupSchedule.objects.filter(pk=schedule.pk).update(desired_state="paused")
+    if meanwhile == "restarted":  # a newer loop owns the schedule
+        CleanupSchedule.objects.filter(pk=schedule.pk).update(generation=F("generation") + 1)
     with connection.cursor() as cursor:  # the run is in its task now: drop every other session
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -204,4 +210,8 @@ def test_a_run_whose_connection_is_dropped_waits_for_the_database_and_is_recorde
     thread.join(60)
     assert "error" not in outcome, outcome
     (run,) = CleanupRun.objects.filter(schedule=schedule)
-    assert run.status == CleanupRun.Status.SUCCEEDED and outcome["result"]["continue"]
+    if meanwhile == "restarted":
+        assert run.status == CleanupRun.Status.INTERRUPTED and not outcome["result"]["continue"]
+        assert "restarted or stopped" in run.error
+    else:
+        assert run.status == CleanupRun.Status.SUCCEEDED and outcome["result"]["continue"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from datetime import datetime
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connections
@@ -53,11 +54,15 @@ def _through_database_outages(function: Any, ctx: task.ActivityContext, input: A
     on a live worker that nobody would ever finish."""
     wait, waited = DATABASE_FIRST_WAIT, 0.0
     again = False
+    let_go: tuple[list[int], datetime] | None = None
     while True:
         try:
             if again:
-                _let_go_of_the_run(input)
-            return function(ctx, input)
+                let_go = _let_go_of_the_run(input) or let_go  # the latest it let go of
+            result = function(ctx, input)
+            if let_go is not None:
+                _close_what_nobody_took(*let_go)
+            return result
         except (OperationalError, InterfaceError) as error:
             if waited >= DATABASE_WAIT_LIMIT:
                 raise
@@ -78,16 +83,32 @@ def _through_database_outages(function: Any, ctx: task.ActivityContext, input: A
         again = True
 
 
-def _let_go_of_the_run(input: Any) -> None:
+def _let_go_of_the_run(input: Any) -> tuple[list[int], datetime] | None:
     """Before the activity goes again: its run, left ``running`` by this worker when the
     database went away, is executed by nobody now (the next delivery takes it over, counts and
-    all); otherwise it would wait for itself, as for another delivery on a live worker."""
-    if isinstance(input, dict) and "schedule_id" in input:
-        CleanupRun.objects.running().filter(
-            schedule_id=int(input["schedule_id"]),
-            worker=worker.worker_id(),
-            finished_at__isnull=True,
-        ).update(finished_at=timezone.now())
+    all); otherwise it would wait for itself, as for another delivery on a live worker. The
+    runs let go, and the time they were."""
+    if not (isinstance(input, dict) and "schedule_id" in input):
+        return None
+    mine = CleanupRun.objects.running().filter(
+        schedule_id=int(input["schedule_id"]), worker=worker.worker_id(), finished_at__isnull=True
+    )
+    pks, at = list(mine.values_list("pk", flat=True)), timezone.now()
+    if not pks:
+        return None
+    CleanupRun.objects.filter(pk__in=pks, finished_at__isnull=True).update(finished_at=at)
+    return pks, at
+
+
+def _close_what_nobody_took(pks: list[int], at: datetime) -> None:
+    """After the second go: a run it let go of and did not take over (its loop was restarted,
+    terminated or stopped while the database was away, so the second go was refused) is ended
+    as interrupted; nobody else would, and it would stay ``running`` for ever."""
+    CleanupRun.objects.running().filter(pk__in=pks, finished_at=at).update(
+        status=CleanupRun.Status.INTERRUPTED,
+        error="The database went away during the run, and its schedule was restarted or "
+        "stopped before it could go on.",
+    )
 
 
 @_closing_connections
