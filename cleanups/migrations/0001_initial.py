@@ -8,185 +8,67 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     initial = True
 
-    dependencies = []
+    dependencies = [
+    ]
 
     operations = [
         migrations.CreateModel(
-            name="CleanupSchedule",
+            name='CleanupSchedule',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("name", models.CharField(max_length=100, unique=True)),
-                (
-                    "task",
-                    models.CharField(
-                        choices=cleanups.registry.task_choices,
-                        default="expired_sessions",
-                        help_text="Which cleanup to run.",
-                        max_length=100,
-                    ),
-                ),
-                (
-                    "params",
-                    models.JSONField(
-                        blank=True,
-                        default=dict,
-                        help_text='Parameters for the task as a JSON object, e.g. {"seconds": 5} for sample.',
-                    ),
-                ),
-                (
-                    "interval",
-                    models.DurationField(
-                        help_text="Time between the end of one run and the start of the next (at least 1 second), e.g. 00:05:00 for five minutes.",
-                        validators=[
-                            django.core.validators.MinValueValidator(datetime.timedelta(seconds=1))
-                        ],
-                    ),
-                ),
-                (
-                    "max_iterations",
-                    models.PositiveIntegerField(
-                        blank=True,
-                        help_text="Stop after this many runs of one start. Blank runs forever.",
-                        null=True,
-                        validators=[django.core.validators.MinValueValidator(1)],
-                    ),
-                ),
-                (
-                    "desired_state",
-                    models.CharField(
-                        choices=[("running", "Running"), ("stopped", "Stopped")],
-                        default="stopped",
-                        editable=False,
-                        help_text="What the operator asked for; the worker's reconciler makes the engine agree.",
-                        max_length=10,
-                    ),
-                ),
-                (
-                    "instance_id",
-                    models.CharField(
-                        editable=False,
-                        help_text="The orchestration instance id, derived from the schedule's primary key.",
-                        max_length=100,
-                        null=True,
-                        unique=True,
-                    ),
-                ),
-                (
-                    "current_iteration",
-                    models.PositiveIntegerField(
-                        default=0,
-                        editable=False,
-                        help_text="The newest iteration that ran (0: none yet).",
-                    ),
-                ),
-                (
-                    "start_iteration",
-                    models.PositiveIntegerField(
-                        default=1,
-                        editable=False,
-                        help_text="The first iteration of the current start.",
-                    ),
-                ),
-                ("next_run_at", models.DateTimeField(blank=True, editable=False, null=True)),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                ("updated_at", models.DateTimeField(auto_now=True)),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('name', models.CharField(max_length=100, unique=True)),
+                ('task', models.CharField(choices=cleanups.registry.task_choices, default='expired_sessions', help_text='Which cleanup to run.', max_length=100)),
+                ('params', models.JSONField(blank=True, default=dict, help_text='Parameters for the task as a JSON object, e.g. {"seconds": 5} for sample.')),
+                ('interval', models.DurationField(help_text='Time between the end of one run and the start of the next (at least 1 second), e.g. 00:05:00 for five minutes.', validators=[django.core.validators.MinValueValidator(datetime.timedelta(seconds=1))])),
+                ('max_iterations', models.PositiveIntegerField(blank=True, help_text='Stop after this many runs of one start. Blank runs forever.', null=True, validators=[django.core.validators.MinValueValidator(1)])),
+                ('desired_state', models.CharField(choices=[('running', 'Running'), ('stopped', 'Stopped')], default='stopped', editable=False, help_text="What the operator asked for; the worker's reconciler makes the engine agree.", max_length=10)),
+                ('instance_id', models.CharField(editable=False, help_text="The orchestration instance id, derived from the schedule's primary key.", max_length=100, null=True, unique=True)),
+                ('current_iteration', models.PositiveIntegerField(default=0, editable=False, help_text='The newest iteration that ran (0: none yet).')),
+                ('start_iteration', models.PositiveIntegerField(default=1, editable=False, help_text='The first iteration of the current start.')),
+                ('next_run_at', models.DateTimeField(blank=True, editable=False, null=True)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('updated_at', models.DateTimeField(auto_now=True)),
             ],
             options={
-                "ordering": ["name"],
+                'ordering': ['name'],
             },
         ),
         migrations.CreateModel(
-            name="WorkerHeartbeat",
+            name='WorkerHeartbeat',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("worker", models.CharField(max_length=200, unique=True)),
-                ("hostname", models.CharField(max_length=200)),
-                ("pid", models.PositiveIntegerField()),
-                ("started_at", models.DateTimeField()),
-                ("last_seen", models.DateTimeField(db_index=True)),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('worker', models.CharField(max_length=200, unique=True)),
+                ('hostname', models.CharField(max_length=200)),
+                ('pid', models.PositiveIntegerField()),
+                ('started_at', models.DateTimeField()),
+                ('last_seen', models.DateTimeField(db_index=True)),
             ],
         ),
         migrations.CreateModel(
-            name="CleanupRun",
+            name='CleanupRun',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("iteration", models.PositiveIntegerField()),
-                (
-                    "status",
-                    models.CharField(
-                        choices=[
-                            ("running", "Running"),
-                            ("succeeded", "Succeeded"),
-                            ("failed", "Failed"),
-                            ("interrupted", "Interrupted"),
-                        ],
-                        default="running",
-                        max_length=12,
-                    ),
-                ),
-                ("task", models.CharField(help_text="The task this run executed.", max_length=100)),
-                ("started_at", models.DateTimeField()),
-                ("finished_at", models.DateTimeField(blank=True, null=True)),
-                ("duration", models.DurationField(blank=True, null=True)),
-                ("items_deleted", models.PositiveBigIntegerField(default=0)),
-                ("message", models.TextField(blank=True)),
-                ("error", models.TextField(blank=True)),
-                ("traceback", models.TextField(blank=True)),
-                (
-                    "worker",
-                    models.CharField(
-                        blank=True, help_text="The worker that ran it.", max_length=200
-                    ),
-                ),
-                (
-                    "attempts",
-                    models.PositiveIntegerField(
-                        default=1,
-                        help_text="Deliveries of this iteration (the engine delivers at least once).",
-                    ),
-                ),
-                (
-                    "schedule",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="runs",
-                        to="cleanups.cleanupschedule",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('iteration', models.PositiveIntegerField()),
+                ('status', models.CharField(choices=[('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('interrupted', 'Interrupted')], default='running', max_length=12)),
+                ('task', models.CharField(help_text='The task this run executed.', max_length=100)),
+                ('started_at', models.DateTimeField()),
+                ('finished_at', models.DateTimeField(blank=True, null=True)),
+                ('duration', models.DurationField(blank=True, null=True)),
+                ('items_deleted', models.PositiveBigIntegerField(default=0)),
+                ('message', models.TextField(blank=True)),
+                ('error', models.TextField(blank=True)),
+                ('traceback', models.TextField(blank=True)),
+                ('worker', models.CharField(blank=True, help_text='The worker that ran it.', max_length=200)),
+                ('attempts', models.PositiveIntegerField(default=1, help_text='Deliveries of this iteration (the engine delivers at least once).')),
+                ('schedule', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='runs', to='cleanups.cleanupschedule')),
             ],
             options={
-                "ordering": ["-started_at", "-pk"],
-                "indexes": [
-                    models.Index(fields=["schedule", "-started_at"], name="run_schedule_newest"),
-                    models.Index(fields=["-started_at"], name="run_newest"),
-                    models.Index(
-                        condition=models.Q(("status", "running")),
-                        fields=["worker"],
-                        name="run_running_by_worker",
-                    ),
-                ],
-                "constraints": [
-                    models.UniqueConstraint(
-                        fields=("schedule", "iteration"), name="unique_run_per_iteration"
-                    )
-                ],
+                'ordering': ['-started_at', '-pk'],
+                'indexes': [models.Index(fields=['schedule', '-started_at'], name='run_schedule_newest'), models.Index(fields=['-started_at'], name='run_newest'), models.Index(condition=models.Q(('status', 'running')), fields=['worker'], name='run_running_by_worker')],
+                'constraints': [models.UniqueConstraint(fields=('schedule', 'iteration'), name='unique_run_per_iteration')],
             },
         ),
     ]

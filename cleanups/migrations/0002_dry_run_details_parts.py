@@ -4,40 +4,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("cleanups", "0001_initial"),
+        ('cleanups', '0001_initial'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="cleanuprun",
-            name="details",
-            field=models.JSONField(
-                blank=True,
-                default=dict,
-                help_text='What went, per target: {"targets": {"app.Model": {"items": n, "bytes": b}}}.',
-            ),
+            model_name='cleanuprun',
+            name='details',
+            field=models.JSONField(blank=True, default=dict, help_text='What went, per target: {"targets": {"app.Model": {"items": n, "bytes": b}}}.'),
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="dry_run",
-            field=models.BooleanField(
-                default=False, help_text="Counted only; nothing was deleted."
-            ),
+            model_name='cleanuprun',
+            name='dry_run',
+            field=models.BooleanField(default=False, help_text='Counted only; nothing was deleted.'),
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="parts",
-            field=models.PositiveIntegerField(
-                default=1,
-                help_text="Activity calls this run took (a long cleanup resumes in parts).",
-            ),
+            model_name='cleanuprun',
+            name='parts',
+            field=models.PositiveIntegerField(default=1, help_text='Activity calls this run took (a long cleanup resumes in parts).'),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="dry_run",
-            field=models.BooleanField(
-                default=False, help_text="Count what each run would delete, and delete nothing."
-            ),
+            model_name='cleanupschedule',
+            name='dry_run',
+            field=models.BooleanField(default=False, help_text='Count what each run would delete, and delete nothing.'),
         ),
     ]

@@ -7,220 +7,135 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("cleanups", "0002_dry_run_details_parts"),
+        ('cleanups', '0002_dry_run_details_parts'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="cleanuprun",
-            name="config",
-            field=models.JSONField(
-                blank=True,
-                default=dict,
-                help_text="The schedule's configuration this run ran with.",
-            ),
+            model_name='cleanuprun',
+            name='config',
+            field=models.JSONField(blank=True, default=dict, help_text="The schedule's configuration this run ran with."),
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="reason",
-            field=models.CharField(
-                blank=True, help_text="Skipped runs: worker down, overran or paused.", max_length=20
-            ),
+            model_name='cleanuprun',
+            name='reason',
+            field=models.CharField(blank=True, help_text='Skipped runs: worker down, overran or paused.', max_length=20),
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="trigger",
-            field=models.CharField(
-                choices=[
-                    ("scheduled", "Scheduled"),
-                    ("manual", "Manual (run now)"),
-                    ("catch_up", "Catch-up"),
-                    ("restart", "Restart"),
-                ],
-                default="scheduled",
-                max_length=10,
-            ),
+            model_name='cleanuprun',
+            name='trigger',
+            field=models.CharField(choices=[('scheduled', 'Scheduled'), ('manual', 'Manual (run now)'), ('catch_up', 'Catch-up'), ('restart', 'Restart')], default='scheduled', max_length=10),
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="triggered_by",
-            field=models.CharField(blank=True, help_text="Who asked (run now).", max_length=150),
+            model_name='cleanuprun',
+            name='triggered_by',
+            field=models.CharField(blank=True, help_text='Who asked (run now).', max_length=150),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="anchor_at",
-            field=models.DateTimeField(
-                editable=False,
-                help_text="The fixed-rate grid's origin: when this start began.",
-                null=True,
-            ),
+            model_name='cleanupschedule',
+            name='anchor_at',
+            field=models.DateTimeField(editable=False, help_text="The fixed-rate grid's origin: when this start began.", null=True),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="cadence",
-            field=models.CharField(
-                choices=[
-                    ("fixed_delay", "Fixed delay (wait the interval after each run ends)"),
-                    ("fixed_rate", "Fixed rate (start on a grid: start + k × interval)"),
-                    ("cron", "Cron expression"),
-                ],
-                default="fixed_delay",
-                max_length=12,
-            ),
+            model_name='cleanupschedule',
+            name='cadence',
+            field=models.CharField(choices=[('fixed_delay', 'Fixed delay (wait the interval after each run ends)'), ('fixed_rate', 'Fixed rate (start on a grid: start + k × interval)'), ('cron', 'Cron expression')], default='fixed_delay', max_length=12),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="consecutive_failures",
+            model_name='cleanupschedule',
+            name='consecutive_failures',
             field=models.PositiveIntegerField(default=0, editable=False),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="cron",
-            field=models.CharField(
-                blank=True,
-                help_text='Cron cadence: a standard 5-field expression, e.g. "30 2 * * *" (02:30 daily).',
-                max_length=100,
-            ),
+            model_name='cleanupschedule',
+            name='cron',
+            field=models.CharField(blank=True, help_text='Cron cadence: a standard 5-field expression, e.g. "30 2 * * *" (02:30 daily).', max_length=100),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="end_at",
-            field=models.DateTimeField(
-                blank=True, help_text="The schedule completes after this time.", null=True
-            ),
+            model_name='cleanupschedule',
+            name='end_at',
+            field=models.DateTimeField(blank=True, help_text='The schedule completes after this time.', null=True),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="failure_notified",
+            model_name='cleanupschedule',
+            name='failure_notified',
             field=models.BooleanField(default=False, editable=False),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="last_error",
+            model_name='cleanupschedule',
+            name='last_error',
             field=models.TextField(blank=True, editable=False),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="max_retries",
-            field=models.PositiveSmallIntegerField(
-                default=0,
-                help_text="Retry a failed cleanup this many times (with backoff) before the run counts as failed.",
-                validators=[django.core.validators.MaxValueValidator(10)],
-            ),
+            model_name='cleanupschedule',
+            name='max_retries',
+            field=models.PositiveSmallIntegerField(default=0, help_text='Retry a failed cleanup this many times (with backoff) before the run counts as failed.', validators=[django.core.validators.MaxValueValidator(10)]),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="missed_runs",
-            field=models.CharField(
-                choices=[
-                    ("run_once", "Run once to catch up, then back on the grid"),
-                    ("skip", "Skip to the next slot"),
-                ],
-                default="run_once",
-                help_text="What to do with slots missed while the worker was down, paused, or a run overran.",
-                max_length=10,
-            ),
+            model_name='cleanupschedule',
+            name='missed_runs',
+            field=models.CharField(choices=[('run_once', 'Run once to catch up, then back on the grid'), ('skip', 'Skip to the next slot')], default='run_once', help_text='What to do with slots missed while the worker was down, paused, or a run overran.', max_length=10),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="notify_email",
-            field=models.EmailField(
-                blank=True,
-                help_text="Where to send a failure notice (once per streak). Blank: the site's ADMINS.",
-                max_length=254,
-            ),
+            model_name='cleanupschedule',
+            name='notify_email',
+            field=models.EmailField(blank=True, help_text="Where to send a failure notice (once per streak). Blank: the site's ADMINS.", max_length=254),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="pause_after_failures",
-            field=models.PositiveIntegerField(
-                default=0,
-                help_text="Pause the schedule after this many failed runs in a row (0: never).",
-            ),
+            model_name='cleanupschedule',
+            name='pause_after_failures',
+            field=models.PositiveIntegerField(default=0, help_text='Pause the schedule after this many failed runs in a row (0: never).'),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="paused_at",
+            model_name='cleanupschedule',
+            name='paused_at',
             field=models.DateTimeField(editable=False, null=True),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="recover_attempts",
+            model_name='cleanupschedule',
+            name='recover_attempts',
             field=models.PositiveIntegerField(default=0, editable=False),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="recovering_since",
+            model_name='cleanupschedule',
+            name='recovering_since',
             field=models.DateTimeField(editable=False, null=True),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="resumed_at",
+            model_name='cleanupschedule',
+            name='resumed_at',
             field=models.DateTimeField(editable=False, null=True),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="start_at",
-            field=models.DateTimeField(
-                blank=True,
-                help_text="No run before this time (and the fixed-rate grid's anchor).",
-                null=True,
-            ),
+            model_name='cleanupschedule',
+            name='start_at',
+            field=models.DateTimeField(blank=True, help_text="No run before this time (and the fixed-rate grid's anchor).", null=True),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="status_reason",
-            field=models.CharField(
-                blank=True,
-                editable=False,
-                help_text="Why the schedule is as it is.",
-                max_length=300,
-            ),
+            model_name='cleanupschedule',
+            name='status_reason',
+            field=models.CharField(blank=True, editable=False, help_text='Why the schedule is as it is.', max_length=300),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="timezone",
-            field=models.CharField(
-                default=cleanups.models._default_timezone,
-                help_text="Cron cadence: the IANA time zone the expression is read in.",
-                max_length=64,
-            ),
+            model_name='cleanupschedule',
+            name='timezone',
+            field=models.CharField(default=cleanups.models._default_timezone, help_text='Cron cadence: the IANA time zone the expression is read in.', max_length=64),
         ),
         migrations.AlterField(
-            model_name="cleanuprun",
-            name="status",
-            field=models.CharField(
-                choices=[
-                    ("running", "Running"),
-                    ("succeeded", "Succeeded"),
-                    ("failed", "Failed"),
-                    ("interrupted", "Interrupted"),
-                    ("skipped", "Skipped"),
-                ],
-                default="running",
-                max_length=12,
-            ),
+            model_name='cleanuprun',
+            name='status',
+            field=models.CharField(choices=[('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('interrupted', 'Interrupted'), ('skipped', 'Skipped')], default='running', max_length=12),
         ),
         migrations.AlterField(
-            model_name="cleanupschedule",
-            name="desired_state",
-            field=models.CharField(
-                choices=[("running", "Running"), ("paused", "Paused"), ("stopped", "Stopped")],
-                default="stopped",
-                editable=False,
-                help_text="What the operator asked for; the worker's reconciler makes the engine agree.",
-                max_length=10,
-            ),
+            model_name='cleanupschedule',
+            name='desired_state',
+            field=models.CharField(choices=[('running', 'Running'), ('paused', 'Paused'), ('stopped', 'Stopped')], default='stopped', editable=False, help_text="What the operator asked for; the worker's reconciler makes the engine agree.", max_length=10),
         ),
         migrations.AlterField(
-            model_name="cleanupschedule",
-            name="interval",
-            field=models.DurationField(
-                help_text="Fixed delay: the time between the end of one run and the start of the next. Fixed rate: the grid's step. At least 1 second, e.g. 00:05:00 for five minutes.",
-                validators=[
-                    django.core.validators.MinValueValidator(datetime.timedelta(seconds=1))
-                ],
-            ),
+            model_name='cleanupschedule',
+            name='interval',
+            field=models.DurationField(help_text="Fixed delay: the time between the end of one run and the start of the next. Fixed rate: the grid's step. At least 1 second, e.g. 00:05:00 for five minutes.", validators=[django.core.validators.MinValueValidator(datetime.timedelta(seconds=1))]),
         ),
     ]

@@ -4,19 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("cleanups", "0003_cadence_control_failures"),
+        ('cleanups', '0003_cadence_control_failures'),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name="cleanuprun",
-            index=models.Index(fields=["status", "started_at"], name="run_status_started"),
+            model_name='cleanuprun',
+            index=models.Index(fields=['status', 'started_at'], name='run_status_started'),
         ),
         migrations.AddIndex(
-            model_name="cleanuprun",
-            index=models.Index(
-                fields=["schedule", "status", "iteration"], name="run_schedule_status"
-            ),
+            model_name='cleanuprun',
+            index=models.Index(fields=['schedule', 'status', 'iteration'], name='run_schedule_status'),
         ),
     ]

@@ -6,23 +6,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("cleanups", "0004_run_list_indexes"),
+        ('cleanups', '0004_run_list_indexes'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="changed_by",
-            field=models.ForeignKey(
-                blank=True,
-                editable=False,
-                help_text="Who last saved it: each run may delete only what this person may delete.",
-                null=True,
-                on_delete=django.db.models.deletion.SET_NULL,
-                related_name="+",
-                to=settings.AUTH_USER_MODEL,
-            ),
+            model_name='cleanupschedule',
+            name='changed_by',
+            field=models.ForeignKey(blank=True, editable=False, help_text='Who last saved it: each run may delete only what this person may delete.', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
         ),
     ]

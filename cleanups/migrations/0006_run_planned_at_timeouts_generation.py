@@ -5,53 +5,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("cleanups", "0005_schedule_changed_by"),
+        ('cleanups', '0005_schedule_changed_by'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="cleanuprun",
-            name="planned_at",
-            field=models.DateTimeField(
-                blank=True,
-                help_text="When the schedule planned it (blank for a manual run): it never starts before.",
-                null=True,
-            ),
+            model_name='cleanuprun',
+            name='planned_at',
+            field=models.DateTimeField(blank=True, help_text='When the schedule planned it (blank for a manual run): it never starts before.', null=True),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="generation",
-            field=models.PositiveIntegerField(
-                default=0,
-                editable=False,
-                help_text="Bumped by each operator start, restart and terminate, in the same UPDATE as the desired state; the orchestration carries it, so a superseded one never runs.",
-            ),
+            model_name='cleanupschedule',
+            name='generation',
+            field=models.PositiveIntegerField(default=0, editable=False, help_text='Bumped by each operator start, restart and terminate, in the same UPDATE as the desired state; the orchestration carries it, so a superseded one never runs.'),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="max_run_seconds",
-            field=models.PositiveIntegerField(
-                blank=True,
-                help_text="A run taking longer is recorded as timed out and the schedule goes on. Blank: the site's CLEANUP_MAX_RUN_SECONDS; 0: no limit.",
-                null=True,
-                validators=[django.core.validators.MaxValueValidator(31622400)],
-            ),
+            model_name='cleanupschedule',
+            name='max_run_seconds',
+            field=models.PositiveIntegerField(blank=True, help_text="A run taking longer is recorded as timed out and the schedule goes on. Blank: the site's CLEANUP_MAX_RUN_SECONDS; 0: no limit.", null=True, validators=[django.core.validators.MaxValueValidator(31622400)]),
         ),
         migrations.AlterField(
-            model_name="cleanuprun",
-            name="status",
-            field=models.CharField(
-                choices=[
-                    ("running", "Running"),
-                    ("succeeded", "Succeeded"),
-                    ("failed", "Failed"),
-                    ("interrupted", "Interrupted"),
-                    ("skipped", "Skipped"),
-                    ("timed_out", "Timed out"),
-                ],
-                default="running",
-                max_length=12,
-            ),
+            model_name='cleanuprun',
+            name='status',
+            field=models.CharField(choices=[('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('interrupted', 'Interrupted'), ('skipped', 'Skipped'), ('timed_out', 'Timed out')], default='running', max_length=12),
         ),
     ]

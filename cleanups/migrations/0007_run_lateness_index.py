@@ -4,17 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("cleanups", "0006_run_planned_at_timeouts_generation"),
+        ('cleanups', '0006_run_planned_at_timeouts_generation'),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name="cleanuprun",
-            index=models.Index(
-                condition=models.Q(("planned_at__isnull", False)),
-                fields=["started_at", "planned_at"],
-                name="run_lateness",
-            ),
+            model_name='cleanuprun',
+            index=models.Index(condition=models.Q(('planned_at__isnull', False)), fields=['started_at', 'planned_at'], name='run_lateness'),
         ),
     ]

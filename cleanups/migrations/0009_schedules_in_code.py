@@ -4,29 +4,20 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("cleanups", "0008_run_reason_late"),
+        ('cleanups', '0008_run_reason_late'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="declared_state",
-            field=models.CharField(
-                blank=True,
-                editable=False,
-                help_text="The state its declaration asked for at the last syncschedules: a sync applies the declared state only when it changes, so an operator's pause outlives a sync.",
-                max_length=10,
-            ),
+            model_name='cleanupschedule',
+            name='declared_state',
+            field=models.CharField(blank=True, editable=False, help_text="The state its declaration asked for at the last syncschedules: a sync applies the declared state only when it changes, so an operator's pause outlives a sync.", max_length=10),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="managed_by",
-            field=models.CharField(
-                blank=True,
-                editable=False,
-                help_text="Where the schedule is declared in code (settings.CLEANUP_SCHEDULES or an app's cleanup_schedules module); blank: managed in the admin. Written by syncschedules.",
-                max_length=200,
-            ),
+            model_name='cleanupschedule',
+            name='managed_by',
+            field=models.CharField(blank=True, editable=False, help_text="Where the schedule is declared in code (settings.CLEANUP_SCHEDULES or an app's cleanup_schedules module); blank: managed in the admin. Written by syncschedules.", max_length=200),
         ),
     ]

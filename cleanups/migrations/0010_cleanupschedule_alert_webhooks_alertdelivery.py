@@ -6,79 +6,36 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("cleanups", "0009_schedules_in_code"),
+        ('cleanups', '0009_schedules_in_code'),
     ]
 
     operations = [
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="alert_webhooks",
-            field=models.JSONField(
-                blank=True,
-                default=list,
-                help_text="Webhook URLs, one per line (at most 5), that get a JSON POST when a failure streak starts, the schedule recovers, it is paused after failures, a stuck run is restarted or a run times out (Slack and Teams webhooks get their own format). Internal addresses are refused unless the site's ALERT_WEBHOOK_ALLOWED_HOSTS lists them.",
-            ),
+            model_name='cleanupschedule',
+            name='alert_webhooks',
+            field=models.JSONField(blank=True, default=list, help_text="Webhook URLs, one per line (at most 5), that get a JSON POST when a failure streak starts, the schedule recovers, it is paused after failures, a stuck run is restarted or a run times out (Slack and Teams webhooks get their own format). Internal addresses are refused unless the site's ALERT_WEBHOOK_ALLOWED_HOSTS lists them."),
         ),
         migrations.CreateModel(
-            name="AlertDelivery",
+            name='AlertDelivery',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                ("run_pk", models.PositiveBigIntegerField(blank=True, null=True)),
-                ("iteration", models.PositiveIntegerField(blank=True, null=True)),
-                (
-                    "event",
-                    models.CharField(
-                        choices=[
-                            ("failure_streak_started", "Failure streak started"),
-                            ("recovered", "Recovered"),
-                            ("paused_after_failures", "Paused after failures"),
-                            ("stuck_run", "Stuck run restarted"),
-                            ("timed_out", "Run timed out"),
-                        ],
-                        max_length=30,
-                    ),
-                ),
-                (
-                    "target",
-                    models.CharField(
-                        help_text="The webhook as scheme://host/… (its path may hold a token).",
-                        max_length=200,
-                    ),
-                ),
-                (
-                    "site_wide",
-                    models.BooleanField(
-                        default=False, help_text="One of the site's ALERT_WEBHOOKS."
-                    ),
-                ),
-                (
-                    "status",
-                    models.CharField(
-                        choices=[("delivered", "Delivered"), ("failed", "Failed")], max_length=10
-                    ),
-                ),
-                ("http_status", models.PositiveSmallIntegerField(blank=True, null=True)),
-                ("error", models.CharField(blank=True, max_length=500)),
-                ("attempts", models.PositiveSmallIntegerField(default=1)),
-                ("at", models.DateTimeField(default=django.utils.timezone.now)),
-                (
-                    "schedule",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="alert_deliveries",
-                        to="cleanups.cleanupschedule",
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('run_pk', models.PositiveBigIntegerField(blank=True, null=True)),
+                ('iteration', models.PositiveIntegerField(blank=True, null=True)),
+                ('event', models.CharField(choices=[('failure_streak_started', 'Failure streak started'), ('recovered', 'Recovered'), ('paused_after_failures', 'Paused after failures'), ('stuck_run', 'Stuck run restarted'), ('timed_out', 'Run timed out')], max_length=30)),
+                ('target', models.CharField(help_text='The webhook as scheme://host/… (its path may hold a token).', max_length=200)),
+                ('site_wide', models.BooleanField(default=False, help_text="One of the site's ALERT_WEBHOOKS.")),
+                ('status', models.CharField(choices=[('delivered', 'Delivered'), ('failed', 'Failed')], max_length=10)),
+                ('http_status', models.PositiveSmallIntegerField(blank=True, null=True)),
+                ('error', models.CharField(blank=True, max_length=500)),
+                ('attempts', models.PositiveSmallIntegerField(default=1)),
+                ('at', models.DateTimeField(default=django.utils.timezone.now)),
+                ('schedule', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alert_deliveries', to='cleanups.cleanupschedule')),
             ],
             options={
-                "ordering": ["-at", "-pk"],
-                "indexes": [models.Index(fields=["schedule", "-at"], name="alert_schedule_newest")],
+                'ordering': ['-at', '-pk'],
+                'indexes': [models.Index(fields=['schedule', '-at'], name='alert_schedule_newest')],
             },
         ),
     ]

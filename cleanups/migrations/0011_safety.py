@@ -7,213 +7,102 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
+
     dependencies = [
-        ("cleanups", "0010_cleanupschedule_alert_webhooks_alertdelivery"),
+        ('cleanups', '0010_cleanupschedule_alert_webhooks_alertdelivery'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name="cleanuprun",
-            options={
-                "ordering": ["-started_at", "-pk"],
-                "permissions": [("approve_cleanuprun", "Can approve or reject held runs")],
-            },
+            name='cleanuprun',
+            options={'ordering': ['-started_at', '-pk'], 'permissions': [('approve_cleanuprun', 'Can approve or reject held runs')]},
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="approval_of",
-            field=models.ForeignKey(
-                blank=True,
-                help_text="The held run whose approval this run carried out.",
-                null=True,
-                on_delete=django.db.models.deletion.SET_NULL,
-                related_name="approval_runs",
-                to="cleanups.cleanuprun",
-            ),
+            model_name='cleanuprun',
+            name='approval_of',
+            field=models.ForeignKey(blank=True, help_text='The held run whose approval this run carried out.', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='approval_runs', to='cleanups.cleanuprun'),
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="approved_at",
+            model_name='cleanuprun',
+            name='approved_at',
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="approved_by",
+            model_name='cleanuprun',
+            name='approved_by',
             field=models.CharField(blank=True, max_length=150),
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="approved_rows",
-            field=models.PositiveBigIntegerField(
-                blank=True, help_text="The most rows the approval lets the run delete.", null=True
-            ),
+            model_name='cleanuprun',
+            name='approved_rows',
+            field=models.PositiveBigIntegerField(blank=True, help_text='The most rows the approval lets the run delete.', null=True),
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="archive_parts",
-            field=models.JSONField(
-                blank=True,
-                default=list,
-                help_text='What went to the archive: [{"name", "rows", "sha256", "bytes"}], per batch.',
-            ),
+            model_name='cleanuprun',
+            name='archive_parts',
+            field=models.JSONField(blank=True, default=list, help_text='What went to the archive: [{"name", "rows", "sha256", "bytes"}], per batch.'),
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="rejected_at",
+            model_name='cleanuprun',
+            name='rejected_at',
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="rejected_by",
+            model_name='cleanuprun',
+            name='rejected_by',
             field=models.CharField(blank=True, max_length=150),
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="restores",
-            field=models.JSONField(
-                blank=True,
-                default=list,
-                help_text="Each restore of its archive: who, when, restored, skipped and failed rows.",
-            ),
+            model_name='cleanuprun',
+            name='restores',
+            field=models.JSONField(blank=True, default=list, help_text='Each restore of its archive: who, when, restored, skipped and failed rows.'),
         ),
         migrations.AddField(
-            model_name="cleanuprun",
-            name="review",
-            field=models.JSONField(
-                blank=True,
-                default=dict,
-                help_text="Held runs: the rule tripped, the counts per target and a sample of the rows (shown only to people who may view them).",
-            ),
+            model_name='cleanuprun',
+            name='review',
+            field=models.JSONField(blank=True, default=dict, help_text='Held runs: the rule tripped, the counts per target and a sample of the rows (shown only to people who may view them).'),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="archive",
-            field=models.BooleanField(
-                blank=True,
-                help_text="Write the rows (files: move the files) to the archive storage before they are deleted, so that manage.py restorerun can bring them back. Blank: the site's CLEANUP_ARCHIVE_BY_DEFAULT.",
-                null=True,
-            ),
+            model_name='cleanupschedule',
+            name='archive',
+            field=models.BooleanField(blank=True, help_text="Write the rows (files: move the files) to the archive storage before they are deleted, so that manage.py restorerun can bring them back. Blank: the site's CLEANUP_ARCHIVE_BY_DEFAULT.", null=True),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="max_rows_per_run",
-            field=models.PositiveBigIntegerField(
-                blank=True,
-                help_text="A run that would delete more rows than this is held for approval and deletes nothing. Blank: the site's CLEANUP_MAX_ROWS_PER_RUN; 0: no limit.",
-                null=True,
-            ),
+            model_name='cleanupschedule',
+            name='max_rows_per_run',
+            field=models.PositiveBigIntegerField(blank=True, help_text="A run that would delete more rows than this is held for approval and deletes nothing. Blank: the site's CLEANUP_MAX_ROWS_PER_RUN; 0: no limit.", null=True),
         ),
         migrations.AddField(
-            model_name="cleanupschedule",
-            name="max_table_fraction",
-            field=models.FloatField(
-                blank=True,
-                help_text="A run that would delete more than this fraction of a table (above 1,000 rows) is held for approval, e.g. 0.5 for half. Blank: the site's CLEANUP_MAX_TABLE_FRACTION; 0: no limit.",
-                null=True,
-                validators=[
-                    django.core.validators.MinValueValidator(0.0),
-                    django.core.validators.MaxValueValidator(1.0),
-                ],
-            ),
+            model_name='cleanupschedule',
+            name='max_table_fraction',
+            field=models.FloatField(blank=True, help_text="A run that would delete more than this fraction of a table (above 1,000 rows) is held for approval, e.g. 0.5 for half. Blank: the site's CLEANUP_MAX_TABLE_FRACTION; 0: no limit.", null=True, validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)]),
         ),
         migrations.AlterField(
-            model_name="alertdelivery",
-            name="event",
-            field=models.CharField(
-                choices=[
-                    ("failure_streak_started", "Failure streak started"),
-                    ("recovered", "Recovered"),
-                    ("paused_after_failures", "Paused after failures"),
-                    ("stuck_run", "Stuck run restarted"),
-                    ("timed_out", "Run timed out"),
-                    ("run_held", "Run held for approval"),
-                ],
-                max_length=30,
-            ),
+            model_name='alertdelivery',
+            name='event',
+            field=models.CharField(choices=[('failure_streak_started', 'Failure streak started'), ('recovered', 'Recovered'), ('paused_after_failures', 'Paused after failures'), ('stuck_run', 'Stuck run restarted'), ('timed_out', 'Run timed out'), ('run_held', 'Run held for approval')], max_length=30),
         ),
         migrations.AlterField(
-            model_name="cleanuprun",
-            name="status",
-            field=models.CharField(
-                choices=[
-                    ("running", "Running"),
-                    ("succeeded", "Succeeded"),
-                    ("failed", "Failed"),
-                    ("interrupted", "Interrupted"),
-                    ("skipped", "Skipped"),
-                    ("timed_out", "Timed out"),
-                    ("held", "Held for approval"),
-                ],
-                default="running",
-                max_length=12,
-            ),
+            model_name='cleanuprun',
+            name='status',
+            field=models.CharField(choices=[('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('interrupted', 'Interrupted'), ('skipped', 'Skipped'), ('timed_out', 'Timed out'), ('held', 'Held for approval')], default='running', max_length=12),
         ),
         migrations.CreateModel(
-            name="CleanupHold",
+            name='CleanupHold',
             fields=[
-                (
-                    "id",
-                    models.BigAutoField(
-                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                    ),
-                ),
-                (
-                    "model_label",
-                    models.CharField(
-                        blank=True,
-                        help_text='The rows held: a model as "app_label.ModelName" (blank for a directory hold).',
-                        max_length=200,
-                        verbose_name="model",
-                    ),
-                ),
-                (
-                    "filter",
-                    models.JSONField(
-                        blank=True,
-                        default=dict,
-                        help_text='Narrows a model hold to the rows these lookups match, e.g. {"customer_id": 7} (the same lookups as a schedule\'s filter). Empty: every row of the model.',
-                    ),
-                ),
-                (
-                    "directory",
-                    models.CharField(
-                        blank=True,
-                        help_text="The files held: every file in this directory and below (blank for a model hold).",
-                        max_length=500,
-                    ),
-                ),
-                (
-                    "reason",
-                    models.CharField(
-                        help_text="Why, as runs report it: \"N rows kept by hold 'reason'\".",
-                        max_length=200,
-                    ),
-                ),
-                ("created_at", models.DateTimeField(auto_now_add=True)),
-                (
-                    "ends_at",
-                    models.DateTimeField(
-                        blank=True,
-                        help_text="The hold ends at this time. Blank: until it is deleted.",
-                        null=True,
-                    ),
-                ),
-                (
-                    "created_by",
-                    models.ForeignKey(
-                        blank=True,
-                        editable=False,
-                        null=True,
-                        on_delete=django.db.models.deletion.SET_NULL,
-                        related_name="+",
-                        to=settings.AUTH_USER_MODEL,
-                    ),
-                ),
+                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('model_label', models.CharField(blank=True, help_text='The rows held: a model as "app_label.ModelName" (blank for a directory hold).', max_length=200, verbose_name='model')),
+                ('filter', models.JSONField(blank=True, default=dict, help_text='Narrows a model hold to the rows these lookups match, e.g. {"customer_id": 7} (the same lookups as a schedule\'s filter). Empty: every row of the model.')),
+                ('directory', models.CharField(blank=True, help_text='The files held: every file in this directory and below (blank for a model hold).', max_length=500)),
+                ('reason', models.CharField(help_text='Why, as runs report it: "N rows kept by hold \'reason\'".', max_length=200)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('ends_at', models.DateTimeField(blank=True, help_text='The hold ends at this time. Blank: until it is deleted.', null=True)),
+                ('created_by', models.ForeignKey(blank=True, editable=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
             ],
             options={
-                "verbose_name": "legal hold",
-                "ordering": ["-created_at", "-pk"],
+                'verbose_name': 'legal hold',
+                'ordering': ['-created_at', '-pk'],
             },
         ),
     ]
